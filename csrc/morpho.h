@@ -1,0 +1,23 @@
+// Shared declarations of the morpho extension.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace morpho {
+
+// Effective weight W ⊙ σ(L/T) in one pass (the PyTorch expression takes three passes and two
+// N×K temporaries). `temperature` is a 0-dim floating tensor on the weight's device.
+at::Tensor masked_weight_cpu(const at::Tensor& weight, const at::Tensor& mask_logits,
+                             const at::Tensor& temperature);
+
+// Backward epilogue of masked_linear: from G = dYᵀX, dW = G·s and dM = G·W·s(1−s)/T, both in
+// one pass over G, W and L.
+std::tuple<at::Tensor, at::Tensor> masked_weight_backward_cpu(const at::Tensor& grad,
+                                                              const at::Tensor& weight,
+                                                              const at::Tensor& mask_logits,
+                                                              const at::Tensor& temperature);
+
+// Checks shared by the CPU and CUDA implementations (TORCH_CHECK with a message).
+void check_masked_weight_args(const at::Tensor& weight, const at::Tensor& mask_logits,
+                              const at::Tensor& temperature, at::DeviceType device);
+
+}  // namespace morpho

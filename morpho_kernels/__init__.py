@@ -1,0 +1,21 @@
+"""morpho_kernels: how a learned sparse structure runs fast.
+
+Public ops are torch.library custom ops in the ``morpho`` namespace, each with a fake kernel and
+autograd, dispatched per call to a Triton (CUDA), extension (C++/CUDA) or reference (PyTorch)
+backend. ``python -m morpho_kernels.info`` shows which backends serve which devices and why.
+"""
+
+from ._dispatch import BACKEND_NAMES, BackendUnavailableError
+from .ops import masked_linear
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKEND_NAMES", "BackendUnavailableError", "masked_linear", "nn", "__version__"]
+
+
+def __getattr__(name):  # `morpho_kernels.nn` without importing torch.nn machinery eagerly
+    if name == "nn":
+        from . import nn
+
+        return nn
+    raise AttributeError(f"module 'morpho_kernels' has no attribute {name!r}")
