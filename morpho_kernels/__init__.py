@@ -6,7 +6,7 @@ backend. ``python -m morpho_kernels.info`` shows which backends serve which devi
 """
 
 from ._dispatch import BACKEND_NAMES, BackendUnavailableError
-from .ops import masked_linear
+from .ops.masked_linear import masked_linear
 
 __version__ = "0.1.0"
 
