@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../morpho.h"
 
@@ -54,12 +55,47 @@ double temperature_value(const at::Tensor& temperature) {
   return t;
 }
 
+// fp32 bodies compiled for AVX-512, AVX2 and baseline x86-64, picked at load time by the CPU
+// (GCC function multi-versioning), like torch's own CPU-capability dispatch. Baseline SSE alone
+// ran 2x slower than torch's three-pass AVX expression at 2048x2048 (2 cores).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MORPHO_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MORPHO_CLONES
+#endif
+
+MORPHO_CLONES void masked_weight_chunk_f32(const float* __restrict wp, const float* __restrict lp,
+                                           float* __restrict op, int64_t begin, int64_t end,
+                                           float inv_t) {
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    op[i] = wp[i] * sigmoid(lp[i] * inv_t);
+  }
+}
+
+MORPHO_CLONES void masked_weight_backward_chunk_f32(const float* __restrict gp,
+                                                    const float* __restrict wp,
+                                                    const float* __restrict lp,
+                                                    float* __restrict dwp, float* __restrict dmp,
+                                                    int64_t begin, int64_t end, float inv_t) {
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    const float s = sigmoid(lp[i] * inv_t);
+    dwp[i] = gp[i] * s;
+    dmp[i] = gp[i] * wp[i] * s * (1.0f - s) * inv_t;
+  }
+}
+
 template <typename scalar_t>
 void masked_weight_loop(const scalar_t* wp, const scalar_t* lp, scalar_t* op, int64_t n,
                         double t) {
   using opmath_t = at::opmath_type<scalar_t>;
   const opmath_t inv_t = opmath_t(1.0 / t);
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      masked_weight_chunk_f32(wp, lp, op, begin, end, inv_t);
+      return;
+    }
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       const opmath_t s = sigmoid(static_cast<opmath_t>(lp[i]) * inv_t);
@@ -74,6 +110,10 @@ void masked_weight_backward_loop(const scalar_t* gp, const scalar_t* wp, const s
   using opmath_t = at::opmath_type<scalar_t>;
   const opmath_t inv_t = opmath_t(1.0 / t);
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      masked_weight_backward_chunk_f32(gp, wp, lp, dwp, dmp, begin, end, inv_t);
+      return;
+    }
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
       const opmath_t gi = static_cast<opmath_t>(gp[i]);

@@ -1,0 +1,128 @@
+"""Timing and records shared by the benchmarks (DESIGN.md convention 7).
+
+Every record is one JSON object per line in bench/results/<op>.jsonl with run_id, op, impl,
+mode, dtype, shape, median_ms, p20_ms, p80_ms, peak_mem_mb, device, torch, triton, commit, time.
+Peak memory is measured on CUDA (allocator peak above the inputs); on CPU there is no allocator
+peak to read, so peak_mem_mb is null and saved_mb (bytes saved for backward, measured through
+saved-tensor hooks) is recorded for every device.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: int = 200,
+            budget_s: float = 1.0, warmup: int = 2) -> tuple[float, float, float]:
+    """Median, 20th and 80th percentile of fn's wall time in ms (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        if device.startswith("cuda"):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
+    return statistics.median(times), q[1], q[7]
+
+
+def peak_mem_mb(fn: Callable[[], object], device: str) -> Optional[float]:
+    """Allocator peak above what was allocated before fn (CUDA only; None on CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def saved_mb(fn: Callable[[], object]) -> float:
+    """MiB of tensors autograd saves for backward while fn runs (each storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2**20
+
+
+def device_name(device: str) -> str:
+    from morpho_kernels.info import device_name as _name
+
+    return _name(device)
+
+
+def _commit() -> str:
+    try:
+        root = os.path.dirname(RESULTS)
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class Recorder:
+    """Appends records of one invocation (one run_id) to bench/results/<name>.jsonl."""
+
+    def __init__(self, name: str, device: str, out: Optional[str] = None):
+        try:
+            import triton
+
+            triton_version = triton.__version__
+        except Exception:  # noqa: BLE001
+            triton_version = None
+        self.path = out or os.path.join(RESULTS, f"{name}.jsonl")
+        self.common = {
+            "run_id": uuid.uuid4().hex[:12],
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "triton": triton_version,
+            "commit": _commit(),
+        }
+        self.records: list[dict] = []
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+
+    def add(self, **fields) -> dict:
+        rec = {**self.common, **fields,
+               "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        self.records.append(rec)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec

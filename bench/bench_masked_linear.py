@@ -1,0 +1,167 @@
+"""Benchmark of morpho::masked_linear against its peers, measured in the same run.
+
+impl:
+  morpho               mk.masked_linear with the backend chosen per call (recorded in `backend`)
+  morpho_fused         GPU only: the fused sigmoid-prologue kernel forced (crossover study)
+  morpho_materialized  GPU only: materialise W ⊙ σ(M/T) then the vendor GEMM, forced
+  eager                F.linear(x, W * sigmoid(M / T), b) with autograd
+  dense                F.linear(x, W, b) on the same weight (the floor)
+mode: fwd (inference, no autograd graph) and fwd+bwd (forward, then backward to x, W, M, b).
+
+Usage:
+  python bench/bench_masked_linear.py              # this machine's default grid
+  python bench/bench_masked_linear.py --quick      # a few small CPU cases (make demo)
+  python bench/bench_masked_linear.py --device cuda  # full GPU grid incl. the issue's target
+Records go to bench/results/masked_linear.jsonl; a ratio summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Recorder, peak_mem_mb, saved_mb, time_ms  # noqa: E402
+
+import morpho_kernels as mk  # noqa: E402
+from morpho_kernels.ops.masked_linear import DISPATCH  # noqa: E402
+
+T = 0.7
+GRIDS = {
+    # (tokens, n = k, dtypes): CPU grids sized for 2 cores
+    "quick": ([16, 256], [1024], [torch.float32]),
+    "cpu": ([16, 256, 2048], [1024, 2048, 4096], [torch.float32]),
+    "cuda": ([16, 64, 256, 1024, 4096, 8192, 16384], [1024, 4096, 8192],
+             [torch.bfloat16, torch.float32]),
+}
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _impls(device: str) -> dict:
+    def morpho(x, w, m, t, b):
+        return mk.masked_linear(x, w, m, t, b)
+
+    def eager(x, w, m, t, b):
+        return F.linear(x, w * torch.sigmoid(m / t), b)
+
+    def dense(x, w, m, t, b):
+        return F.linear(x, w, b)
+
+    impls = {"morpho": (morpho, None), "eager": (eager, None), "dense": (dense, None)}
+    if device.startswith("cuda"):
+        impls["morpho_fused"] = (morpho, "1000000000")
+        impls["morpho_materialized"] = (morpho, "0")
+    return impls
+
+
+def bench_case(rec: Recorder, device: str, tokens: int, n: int, dtype: torch.dtype) -> list[dict]:
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, n, device=device, dtype=dtype, generator=g)
+    w = (torch.randn(n, n, device=device, dtype=dtype, generator=g) / n**0.5).requires_grad_()
+    m = (torch.randn(n, n, device=device, dtype=dtype, generator=g) * 2).requires_grad_()
+    b = torch.zeros(n, device=device, dtype=dtype, requires_grad=True)
+    xg = x.clone().requires_grad_()
+    t = torch.tensor(T, device=device)
+    grad = torch.randn(tokens, n, device=device, dtype=dtype, generator=g)
+    shape = {"tokens": tokens, "n": n, "k": n}
+    out = []
+    for impl, (fn, fused_max) in _impls(device).items():
+        with _env("MORPHO_FUSED_MAX_TOKENS", fused_max):
+
+            def fwd():
+                with torch.no_grad():
+                    return fn(x, w, m, t, b)
+
+            def fwd_bwd():
+                y = fn(xg, w, m, t, b)
+                torch.autograd.backward(y, grad)
+                xg.grad = w.grad = m.grad = b.grad = None
+
+            for mode, run in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                med, p20, p80 = time_ms(run, device)
+                backend = DISPATCH.last if impl.startswith("morpho") else None
+                out.append(rec.add(
+                    op="masked_linear", impl=impl, mode=mode,
+                    dtype=str(dtype).replace("torch.", ""), shape=shape, median_ms=med,
+                    p20_ms=p20, p80_ms=p80, peak_mem_mb=peak_mem_mb(run, device),
+                    saved_mb=saved_mb(lambda: fn(xg, w, m, t, b)) if mode == "fwd+bwd" else 0.0,
+                    backend=backend,
+                ))
+    return out
+
+
+def summarize(records: list[dict]) -> str:
+    """Ratios against dense and eager for each case (same run)."""
+    by = {}
+    for r in records:
+        key = (r["dtype"], r["shape"]["tokens"], r["shape"]["n"], r["mode"])
+        by.setdefault(key, {})[r["impl"]] = r
+    lines = [f"{'dtype':<9}{'tokens':>7}{'n=k':>6} {'mode':<8}{'morpho ms':>10}{'dense ms':>10}"
+             f"{'eager ms':>10}{'/dense':>8}{'eager/':>8}{'saved MB m/e':>14}{'peak MB m/e':>14}"
+             f"  backend"]
+    for key in sorted(by):
+        c = by[key]
+        mo, de, ea = c.get("morpho"), c.get("dense"), c.get("eager")
+        if not (mo and de and ea):
+            continue
+        pk = (f"{mo['peak_mem_mb']:.0f}/{ea['peak_mem_mb']:.0f}"
+              if mo["peak_mem_mb"] is not None else "n/a")
+        lines.append(
+            f"{key[0]:<9}{key[1]:>7}{key[2]:>6} {key[3]:<8}{mo['median_ms']:>10.3f}"
+            f"{de['median_ms']:>10.3f}{ea['median_ms']:>10.3f}"
+            f"{mo['median_ms'] / de['median_ms']:>8.2f}{ea['median_ms'] / mo['median_ms']:>8.2f}"
+            f"{mo['saved_mb']:>7.0f}/{ea['saved_mb']:<6.0f}{pk:>14}  {mo['backend']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small CPU grid (seconds)")
+    p.add_argument("--tokens", type=int, nargs="*", help="override the token counts")
+    p.add_argument("--sizes", type=int, nargs="*", help="override n = k")
+    p.add_argument("--dtypes", nargs="*", help="override dtypes, e.g. bfloat16 float32")
+    p.add_argument("--out", help="records file (default bench/results/masked_linear.jsonl)")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    tokens, sizes, dtypes = GRIDS["quick" if args.quick else
+                                  ("cuda" if args.device.startswith("cuda") else "cpu")]
+    tokens, sizes = args.tokens or tokens, args.sizes or sizes
+    dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else dtypes
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every impl
+    rec = Recorder("masked_linear", args.device, args.out)
+    cases = [(d, t, n) for d in dtypes for n in sizes for t in tokens]
+    print(f"masked_linear benchmark on {rec.common['device']} ({len(cases)} cases), "
+          f"run_id {rec.common['run_id']}", flush=True)
+    for i, (dtype, tok, n) in enumerate(cases, 1):
+        print(f"  [{i}/{len(cases)}] {str(dtype).replace('torch.', '')} tokens={tok} n=k={n}",
+              flush=True)
+        bench_case(rec, args.device, tok, n, dtype)
+    print(summarize(rec.records))
+    print(f"records: {rec.path}")
+
+
+if __name__ == "__main__":
+    main()
