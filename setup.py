@@ -47,7 +47,10 @@ def _extension():
             "morpho_kernels._C",
             sources,
             define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_compile_args={
+                "cxx": cxx,
+                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"],
+            },
         )
     else:
         ext = CppExtension(

@@ -4,7 +4,7 @@ Every record is one JSON object per line in bench/results/<op>.jsonl with run_id
 mode, dtype, shape, median_ms, p20_ms, p80_ms, peak_mem_mb, device, torch, triton, commit, time.
 Peak memory is measured on CUDA (allocator peak above the inputs); on CPU there is no allocator
 peak to read, so peak_mem_mb is null and saved_mb (bytes saved for backward, measured through
-saved-tensor hooks) is recorded for every device.
+saved-tensor hooks, beyond the inputs and parameters) is recorded for every device.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: 
     _sync(device)
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+    def more() -> bool:
+        return len(times) < min_reps or time.perf_counter() - start < budget_s
+
+    while len(times) < max_reps and more():
         if device.startswith("cuda"):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
@@ -67,12 +70,16 @@ def peak_mem_mb(fn: Callable[[], object], device: str) -> Optional[float]:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def saved_mb(fn: Callable[[], object]) -> float:
-    """MiB of tensors autograd saves for backward while fn runs (each storage counted once)."""
+def saved_mb(fn: Callable[[], object], exclude: tuple = ()) -> float:
+    """MiB that autograd keeps alive for backward beyond `exclude` (the inputs and parameters,
+    which exist anyway) while fn runs; each storage counted once."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -88,11 +88,11 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, dtype: torch.dty
     for impl, (fn, fused_max) in _impls(device).items():
         with _env("MORPHO_FUSED_MAX_TOKENS", fused_max):
 
-            def fwd():
+            def fwd(fn=fn):
                 with torch.no_grad():
                     return fn(x, w, m, t, b)
 
-            def fwd_bwd():
+            def fwd_bwd(fn=fn):
                 y = fn(xg, w, m, t, b)
                 torch.autograd.backward(y, grad)
                 xg.grad = w.grad = m.grad = b.grad = None
@@ -104,33 +104,34 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, dtype: torch.dty
                     op="masked_linear", impl=impl, mode=mode,
                     dtype=str(dtype).replace("torch.", ""), shape=shape, median_ms=med,
                     p20_ms=p20, p80_ms=p80, peak_mem_mb=peak_mem_mb(run, device),
-                    saved_mb=saved_mb(lambda: fn(xg, w, m, t, b)) if mode == "fwd+bwd" else 0.0,
+                    saved_mb=saved_mb(lambda fn=fn: fn(xg, w, m, t, b), (xg, w, m, t, b))
+                    if mode == "fwd+bwd" else 0.0,
                     backend=backend,
                 ))
     return out
 
 
 def summarize(records: list[dict]) -> str:
-    """Ratios against dense and eager for each case (same run)."""
-    by = {}
+    """Markdown table: morpho against dense and eager for each case of one run."""
+    by: dict = {}
     for r in records:
-        key = (r["dtype"], r["shape"]["tokens"], r["shape"]["n"], r["mode"])
+        key = (r["dtype"], r["shape"]["n"], r["shape"]["tokens"], r["mode"])
         by.setdefault(key, {})[r["impl"]] = r
-    lines = [f"{'dtype':<9}{'tokens':>7}{'n=k':>6} {'mode':<8}{'morpho ms':>10}{'dense ms':>10}"
-             f"{'eager ms':>10}{'/dense':>8}{'eager/':>8}{'saved MB m/e':>14}{'peak MB m/e':>14}"
-             f"  backend"]
+    lines = ["| dtype | n=k | tokens | mode | morpho ms | dense ms | eager ms | morpho/dense | "
+             "eager/morpho | extra saved MiB morpho/eager | peak MiB morpho/eager | backend |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for key in sorted(by):
         c = by[key]
         mo, de, ea = c.get("morpho"), c.get("dense"), c.get("eager")
         if not (mo and de and ea):
             continue
-        pk = (f"{mo['peak_mem_mb']:.0f}/{ea['peak_mem_mb']:.0f}"
-              if mo["peak_mem_mb"] is not None else "n/a")
+        peak = (f"{mo['peak_mem_mb']:.0f} / {ea['peak_mem_mb']:.0f}"
+                if mo["peak_mem_mb"] is not None else "n/a (CPU)")
         lines.append(
-            f"{key[0]:<9}{key[1]:>7}{key[2]:>6} {key[3]:<8}{mo['median_ms']:>10.3f}"
-            f"{de['median_ms']:>10.3f}{ea['median_ms']:>10.3f}"
-            f"{mo['median_ms'] / de['median_ms']:>8.2f}{ea['median_ms'] / mo['median_ms']:>8.2f}"
-            f"{mo['saved_mb']:>7.0f}/{ea['saved_mb']:<6.0f}{pk:>14}  {mo['backend']}")
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {mo['median_ms']:.3f} | "
+            f"{de['median_ms']:.3f} | {ea['median_ms']:.3f} | "
+            f"{mo['median_ms'] / de['median_ms']:.2f} | {ea['median_ms'] / mo['median_ms']:.2f} | "
+            f"{mo['saved_mb']:.0f} / {ea['saved_mb']:.0f} | {peak} | {mo['backend']} |")
     return "\n".join(lines)
 
 

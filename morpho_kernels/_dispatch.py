@@ -88,12 +88,14 @@ class Dispatcher:
                     self._warn_slow(spec, all_reasons)
                 self.last = name
                 return name
-        raise BackendUnavailableError(f"no backend can serve morpho::{self.op}:\n" + self.explain(spec))
+        raise BackendUnavailableError(
+            f"no backend can serve morpho::{self.op}:\n" + self.explain(spec))
 
     def explain(self, spec: CallSpec) -> str:
         lines = []
         for name, reason in self.reasons(spec).items():
-            lines.append(f"  {name:<9} {'available' if reason is None else 'unavailable: ' + reason}")
+            state = "available" if reason is None else "unavailable: " + reason
+            lines.append(f"  {name:<9} {state}")
         return "\n".join(lines)
 
     def _warn_slow(self, spec: CallSpec, all_reasons: dict) -> None:

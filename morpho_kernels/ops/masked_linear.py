@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, reference
-from .._dispatch import Backend, CallSpec, Dispatcher
+from .._dispatch import Backend, CallSpec, Dispatcher, forced_backend
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -67,8 +67,10 @@ def _check_triton(spec: CallSpec) -> Optional[str]:
         if not torch.cuda.is_available():
             return "CUDA is not available"
     elif spec.device.type == "cpu":
-        if not _tk.INTERPRET:
-            return "CPU tensors run Triton only under TRITON_INTERPRET=1 (a test mode)"
+        # The interpreter is a test mode (milliseconds per program): never chosen automatically.
+        if not _tk.INTERPRET or forced_backend() != "triton":
+            return ("CPU tensors run Triton only under TRITON_INTERPRET=1 with "
+                    "MORPHO_BACKEND=triton (a test mode)")
     else:
         return f"device type {spec.device.type} is not supported"
     if spec.dtype not in _TRITON_DTYPES:
@@ -248,7 +250,8 @@ def _validate(x, weight, mask_logits, bias) -> None:
     if bias is not None and not isinstance(bias, Tensor):
         raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
     if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out_features, in_features), got {tuple(weight.shape)}")
+        raise ValueError("weight must be 2-D (out_features, in_features), got "
+                         f"{tuple(weight.shape)}")
     if mask_logits.shape != weight.shape:
         raise ValueError(f"mask_logits shape {tuple(mask_logits.shape)} must equal weight shape "
                          f"{tuple(weight.shape)}")
@@ -281,7 +284,8 @@ def _temperature_tensor(temperature, x: Tensor) -> Tensor:
             raise ValueError(f"temperature is on {temperature.device} but x is on {x.device}")
         return temperature.reshape(())
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float or a Tensor, got {type(temperature).__name__}")
+        raise TypeError("temperature must be a float or a Tensor, got "
+                        f"{type(temperature).__name__}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     # A fill kernel, not a host-to-device copy: no synchronisation.

@@ -184,7 +184,8 @@ def _flags(dtype: torch.dtype) -> dict:
 
 
 def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
-              temperature: torch.Tensor, bias: torch.Tensor | None, transpose: bool) -> torch.Tensor:
+              temperature: torch.Tensor, bias: torch.Tensor | None,
+              transpose: bool) -> torch.Tensor:
     """C = a @ op(W ⊙ σ(L/T)) (+ bias), op = transpose (forward) or identity (dX).
 
     a: (M, R); weight, mask_logits: (N, K); transpose -> R = K, C is (M, N); else R = N, C (M, K).

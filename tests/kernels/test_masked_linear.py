@@ -101,7 +101,8 @@ def test_stride0_and_noncontiguous_grads(backend_name, backend):
     ref_leaves = [t.float().requires_grad_() for t in (x, w, m, b)]
     backend(backend_name)
     # .sum().backward() hands the op a stride-0 expanded grad_output
-    mk.masked_linear(xt.float().to(device).requires_grad_(), *leaves[1:3], T, leaves[3]).sum().backward()
+    xs = xt.float().to(device).requires_grad_()
+    mk.masked_linear(xs, *leaves[1:3], T, leaves[3]).sum().backward()
     reference.masked_linear(*ref_leaves[:3], T, ref_leaves[3]).sum().backward()
     for got, want in zip(leaves[1:], ref_leaves[1:]):
         torch.testing.assert_close(got.grad.cpu(), want.grad, atol=1e-4, rtol=1e-4)
