@@ -83,11 +83,11 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("morpho::masked_weight")
     def _masked_weight_fake(weight, mask_logits, temperature):
-        return torch.empty_like(weight)
+        return weight.new_empty(weight.shape)  # the C++ kernels return contiguous tensors
 
     @torch.library.register_fake("morpho::masked_weight_backward")
     def _masked_weight_backward_fake(grad, weight, mask_logits, temperature):
-        return torch.empty_like(weight), torch.empty_like(weight)
+        return weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
 
 def status() -> ExtStatus:

@@ -203,7 +203,10 @@ def _masked_linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, mask
     dx = dx.reshape(x.shape) if need_x else empty
     acc = torch.float64 if g2.dtype == torch.float64 else torch.float32
     db = g2.sum(0, dtype=acc).to(grad_out.dtype) if need_bias else empty.clone()
-    return (dx, dw if need_wm else empty.clone(), dm if need_wm else empty.clone(), db)
+    if need_wm:  # contiguous on every backend, as the fake kernel says (weights may be views)
+        dw, dm = dw.contiguous(), dm.contiguous()
+    return (dx.contiguous(), dw if need_wm else empty.clone(), dm if need_wm else empty.clone(),
+            db)
 
 
 @_masked_linear_backward_op.register_fake

@@ -18,6 +18,7 @@ bf16/fp16 to fp32 before tl.dot (the interpreter's low-precision dot is wrong, D
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -49,9 +50,8 @@ def _wm_configs() -> list:
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_M": bm, "GROUP_N": 8},
                       num_warps=w, num_stages=s)
         for bn, bk, bm, w, s in [
+            # (128, 256, 64, 8) and (128, 128, 32, 4) spilled registers for sm_90: dropped
             (128, 128, 64, 8, 3),
-            (128, 256, 64, 8, 3),
-            (128, 128, 32, 4, 4),
             (64, 128, 64, 4, 4),
             (64, 64, 64, 4, 3),
         ]
@@ -76,12 +76,13 @@ def _masked_mm_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_p = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    # int64 offsets: row × stride passes 2^31 for big activations (e.g. 262144 × 8192).
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     inv_t = 1.0 / tl.load(t_ptr).to(tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
+        offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
         a_mask = (offs_m[:, None] < M) & (offs_r[None, :] < R)
         a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_r[None, :] * stride_ar,
                     mask=a_mask, other=0.0)  # (BLOCK_M, BLOCK_R)
@@ -110,7 +111,7 @@ def _masked_weight_kernel(
     numel,  # sizes
     BLOCK: tl.constexpr,
 ):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     inv_t = 1.0 / tl.load(t_ptr).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -137,11 +138,11 @@ def _masked_linear_bwd_wm_kernel(
     group_size = min(num_n - first_n, GROUP_N)
     pid_n = first_n + (pid % (GROUP_N * num_k)) % group_size
     pid_k = (pid % (GROUP_N * num_k)) // group_size
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    offs_k = (pid_k * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # G = dYᵀX for this tile
     for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         dy = tl.load(dy_ptr + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyn,
                      mask=(offs_m[:, None] < M) & (offs_n[None, :] < N), other=0.0)  # (BM, BN)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
@@ -170,17 +171,30 @@ def _masked_linear_bwd_wm_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _precision() -> str:
-    # fp32 follows torch's matmul setting so results match F.linear (IEEE unless TF32 is on).
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 and not INTERPRET else "ieee"
+def _tf32_enabled() -> bool:
+    # torch >= 2.9 has the fp32_precision API, and reading the legacy allow_tf32 flag after a
+    # user set the new one raises ("mix of the legacy and new APIs").
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is not None:
+        return precision == "tf32"
+    return bool(matmul.allow_tf32)
 
 
 def _flags(dtype: torch.dtype) -> dict:
+    is_fp32 = dtype == torch.float32
+    # fp32 follows torch's matmul setting so results match F.linear (IEEE unless TF32 is on).
+    tf32 = is_fp32 and not INTERPRET and _tf32_enabled()
     return {
-        "UPCAST": INTERPRET and dtype != torch.float32,
-        "IS_FP32": dtype == torch.float32,
-        "PRECISION": _precision(),
+        "UPCAST": INTERPRET and not is_fp32,
+        "IS_FP32": is_fp32,
+        "PRECISION": "tf32" if tf32 else "ieee",
     }
+
+
+def _on_device(t: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
@@ -206,13 +220,15 @@ def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
         return c
     if r == 0:
         return c.zero_() if bias is None else c.copy_(bias.expand(m, p))
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads it with stride 1
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(p, meta["BLOCK_P"]))
-    _masked_mm_kernel[grid](
-        a, weight, mask_logits, temperature, bias if bias is not None else c, c,
-        m, p, r,
-        a.stride(0), a.stride(1), swr, swp, slr, slp, c.stride(0), c.stride(1),
-        HAS_BIAS=bias is not None, **_flags(a.dtype),
-    )
+    with _on_device(a):
+        _masked_mm_kernel[grid](
+            a, weight, mask_logits, temperature, bias if bias is not None else c, c,
+            m, p, r,
+            a.stride(0), a.stride(1), swr, swp, slr, slp, c.stride(0), c.stride(1),
+            HAS_BIAS=bias is not None, **_flags(a.dtype),
+        )
     return c
 
 
@@ -225,8 +241,9 @@ def masked_weight(weight: torch.Tensor, mask_logits: torch.Tensor,
     numel = w.numel()
     if numel:
         block = 4096 if INTERPRET else 1024
-        _masked_weight_kernel[(triton.cdiv(numel, block),)](w, lg, temperature, out, numel,
-                                                            BLOCK=block)
+        with _on_device(w):
+            _masked_weight_kernel[(triton.cdiv(numel, block),)](w, lg, temperature, out, numel,
+                                                                BLOCK=block)
     return out
 
 
@@ -235,19 +252,21 @@ def masked_linear_bwd_wm(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.
     """(dW, dM) from dY (M, N) and X (M, K) with G = dYᵀX kept in registers."""
     m, n = grad_out.shape
     k = x.shape[1]
-    dw = torch.empty_like(weight)
-    dm = torch.empty_like(mask_logits)
+    # contiguous whatever the parameters' strides: the op's fake kernel promises that
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    dm = torch.empty(weight.shape, dtype=mask_logits.dtype, device=weight.device)
     if n == 0 or k == 0:
         return dw, dm
     if m == 0:
         return dw.zero_(), dm.zero_()
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]),)
-    _masked_linear_bwd_wm_kernel[grid](
-        grad_out, x, weight, mask_logits, temperature, dw, dm,
-        m, n, k,
-        grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
-        weight.stride(0), weight.stride(1), mask_logits.stride(0), mask_logits.stride(1),
-        dw.stride(0), dw.stride(1), dm.stride(0), dm.stride(1),
-        **_flags(x.dtype),
-    )
+    with _on_device(x):
+        _masked_linear_bwd_wm_kernel[grid](
+            grad_out, x, weight, mask_logits, temperature, dw, dm,
+            m, n, k,
+            grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
+            weight.stride(0), weight.stride(1), mask_logits.stride(0), mask_logits.stride(1),
+            dw.stride(0), dw.stride(1), dm.stride(0), dm.stride(1),
+            **_flags(x.dtype),
+        )
     return dw, dm
