@@ -36,7 +36,7 @@ build/.installed-system: $(SOURCES)
 
 demo: setup
 	$(PY) -m morphonet.cli demo
-	$(PY) bench/bench_masked_linear.py --quick
+	$(PY) bench/bench_masked_linear.py --quick --out build/demo_bench.jsonl
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
