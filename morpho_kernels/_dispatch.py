@@ -81,11 +81,11 @@ class Dispatcher:
                 )
             self.last = forced
             return forced
-        all_reasons = self.reasons(spec)
-        for name, reason in all_reasons.items():
-            if reason is None:
+        # First backend that serves wins; later checks are not evaluated (hot path).
+        for name, b in self.backends.items():
+            if b.check(spec) is None:
                 if name == "reference" and spec.device.type == "cuda":
-                    self._warn_slow(spec, all_reasons)
+                    self._warn_slow(spec, self.reasons(spec))
                 self.last = name
                 return name
         raise BackendUnavailableError(

@@ -7,19 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .ops.masked_linear import check_temperature as _check_temperature
 from .ops.masked_linear import masked_linear
 
 # σ(6) = 0.9975: from_linear starts every mask value above 0.99, so a converted layer's output
 # moves by ~0.25% of its size.
 _FROM_LINEAR_LOGIT = 6.0
-
-
-def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    return float(temperature)
 
 
 class MaskedLinear(nn.Module):

@@ -144,7 +144,6 @@ def _masked_linear_op(x: Tensor, weight: Tensor, mask_logits: Tensor, temperatur
         t = temperature.to(device=x.device, dtype=torch.float32).reshape(())
         y = _forward_triton(x2, weight, mask_logits, t, bias)
     elif backend == "ext":
-        _ext.ops()
         y = _forward_ext(x2, weight, mask_logits, temperature.reshape(()), bias)
     else:
         y = reference.masked_linear(x2, weight, mask_logits, temperature, bias)
@@ -276,6 +275,16 @@ def _validate_dtypes(x, weight, mask_logits, bias) -> None:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
+def check_temperature(temperature) -> float:
+    """A Python temperature as float, or TypeError / ValueError naming it."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError("temperature must be a float or a Tensor, got "
+                        f"{type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    return float(temperature)
+
+
 def _temperature_tensor(temperature, x: Tensor) -> Tensor:
     if isinstance(temperature, Tensor):
         if temperature.numel() != 1 or not temperature.dtype.is_floating_point:
@@ -286,11 +295,7 @@ def _temperature_tensor(temperature, x: Tensor) -> Tensor:
         if temperature.device != x.device:
             raise ValueError(f"temperature is on {temperature.device} but x is on {x.device}")
         return temperature.reshape(())
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError("temperature must be a float or a Tensor, got "
-                        f"{type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    temperature = check_temperature(temperature)
     # A fill kernel, not a host-to-device copy: no synchronisation.
     tdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return torch.full((), float(temperature), dtype=tdtype, device=x.device)

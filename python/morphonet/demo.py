@@ -94,6 +94,8 @@ def run_demo(epochs: int = 30, seed: int = 0, penalty: float = 0.5,
     """Train, select on validation, prune, and report test accuracy and density."""
     from morpho_kernels.ops.masked_linear import DISPATCH
 
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     torch.manual_seed(seed)
     x, y = make_blobs(n_samples=3000, n_features=20, n_classes=5, spread=1.2, seed=seed)
     tr, va, te = train_val_test_split(x, y, seed=seed)

@@ -31,6 +31,11 @@ def test_demo_learns_and_sparsifies():
     assert r.backend in ("ext", "reference")
 
 
+def test_demo_rejects_bad_epochs():
+    with pytest.raises(ValueError, match="epochs"):
+        run_demo(epochs=0, verbose=False)
+
+
 def test_cli_demo_runs():
     out = subprocess.run([sys.executable, "-m", "morphonet.cli", "demo", "--epochs", "2"],
                          capture_output=True, text=True, check=True).stdout
