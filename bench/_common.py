@@ -32,8 +32,12 @@ def _sync(device: str) -> None:
 
 
 def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: int = 200,
-            budget_s: float = 1.0, warmup: int = 2) -> tuple[float, float, float]:
-    """Median, 20th and 80th percentile of fn's wall time in ms (CUDA events on GPU)."""
+            budget_s: Optional[float] = None, warmup: int = 2) -> tuple[float, float, float]:
+    """Median, 20th and 80th percentile of fn's wall time in ms (CUDA events on GPU).
+
+    Repeats until both min_reps and budget_s (default 0.25 s on GPU, 1 s on CPU) are reached."""
+    if budget_s is None:
+        budget_s = 0.25 if device.startswith("cuda") else 1.0
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -94,6 +98,8 @@ def device_name(device: str) -> str:
 
 
 def _commit() -> str:
+    if os.environ.get("MORPHO_BENCH_COMMIT"):  # set where the tree travels without .git
+        return os.environ["MORPHO_BENCH_COMMIT"]
     try:
         root = os.path.dirname(RESULTS)
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
