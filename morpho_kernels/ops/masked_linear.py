@@ -7,8 +7,9 @@ and csrc/; the reference in morpho_kernels/reference.py.
 Backends, chosen per call (MORPHO_BACKEND forces one):
 * triton    CUDA tensors, fp16/bf16/fp32 (CPU tensors only under TRITON_INTERPRET=1, for tests).
             Forward: fused sigmoid-prologue GEMM while tokens ≤ fused_max_tokens(), else the
-            effective weight materialised once (a temporary) and the vendor GEMM. Backward: one
-            fused G = dYᵀX kernel with the dW/dM epilogue; dX like the forward.
+            effective weight materialised once (a temporary) and the vendor GEMM (the default).
+            Backward: G = dYᵀX by the vendor GEMM and a one-pass dW/dM epilogue (or, under the
+            same crossover, one fused kernel keeping G in registers); dX like the forward.
 * ext       C++ (CPU, any float dtype) / CUDA (when built with CUDA): one-pass effective weight
             and one-pass backward epilogue around BLAS GEMMs.
 * reference pure PyTorch (any device and float dtype).
@@ -32,11 +33,14 @@ from .._dispatch import Backend, CallSpec, Dispatcher, forced_backend
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Largest token count served by the fused sigmoid-prologue kernel. Provisional: it is the
-# count where the fused kernel still has at most two 128-row blocks, so σ is recomputed at most
-# twice per weight; bench/bench_masked_linear.py records both paths (impl morpho_fused /
-# morpho_materialized) to set it by measurement on a GPU. Override: MORPHO_FUSED_MAX_TOKENS.
-DEFAULT_FUSED_MAX_TOKENS = 256
+# Largest token count served by the fused Triton kernels (sigmoid-prologue GEMM forward and dX,
+# dW/dM with G = dYᵀX kept in registers); above it the Triton backend materialises W ⊙ σ(M/T)
+# for cuBLAS and runs cuBLAS dYᵀX plus a one-pass epilogue. Measured on an H100 (run
+# 4286c25e4698 in bench/results/masked_linear.jsonl, impls morpho_fused / morpho_materialized):
+# the materialised path was as fast or faster at every token count from 16 to 8192 in fp32 and
+# in all but one bf16 case, so the fused path is off by default (0). Override:
+# MORPHO_FUSED_MAX_TOKENS.
+DEFAULT_FUSED_MAX_TOKENS = 0
 
 
 def fused_max_tokens() -> int:
@@ -160,10 +164,14 @@ def _masked_linear_fake(x, weight, mask_logits, temperature, bias):
 
 def _backward_triton(g2, x2, weight, mask_logits, t, need_x, need_wm):
     dx = dw = dm = None
+    fused = g2.shape[0] <= fused_max_tokens()
     if need_wm:
-        dw, dm = _tk.masked_linear_bwd_wm(g2, x2, weight, mask_logits, t)
+        if fused:
+            dw, dm = _tk.masked_linear_bwd_wm(g2, x2, weight, mask_logits, t)
+        else:
+            dw, dm = _tk.masked_weight_backward(g2.t() @ x2, weight, mask_logits, t)
     if need_x:
-        if g2.shape[0] <= fused_max_tokens():
+        if fused:
             dx = _tk.masked_mm(g2, weight, mask_logits, t, None, transpose=False)
         else:
             dx = g2 @ _tk.masked_weight(weight, mask_logits, t)

@@ -9,6 +9,8 @@ stride-0 and non-contiguous operands work without copies):
   row-blocks (DESIGN.md: at 8192 tokens × 4096² that is ~1e9 sigmoids).
 * `_masked_weight_kernel`: W ⊙ σ(L/T) materialised once, for the vendor GEMM at large token
   counts; the result is a temporary, never saved for backward.
+* `_masked_weight_bwd_kernel`: the one-pass epilogue dW = G·s, dM = G·W·s(1−s)/T after the
+  vendor GEMM G = dYᵀX (the large-token backward).
 * `_masked_linear_bwd_wm_kernel`: one accumulator G = dYᵀX per (N, K) tile with an epilogue
   writing dW = G·s and dM = G·W·s(1−s)/T, so G never reaches memory.
 
@@ -117,6 +119,24 @@ def _masked_weight_kernel(
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     lg = tl.load(l_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (w * _sigmoid_f32(lg * inv_t)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _masked_weight_bwd_kernel(
+    g_ptr, w_ptr, l_ptr, t_ptr, dw_ptr, dm_ptr,  # pointers (contiguous)
+    numel,  # sizes
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    inv_t = 1.0 / tl.load(t_ptr).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    lg = tl.load(l_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    s = _sigmoid_f32(lg * inv_t)
+    gs = g * s
+    tl.store(dw_ptr + offs, gs.to(dw_ptr.dtype.element_ty), mask=mask)
+    tl.store(dm_ptr + offs, (gs * w * (1.0 - s) * inv_t).to(dm_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.autotune(configs=_wm_configs(), key=["M", "N", "K"])
@@ -245,6 +265,20 @@ def masked_weight(weight: torch.Tensor, mask_logits: torch.Tensor,
             _masked_weight_kernel[(triton.cdiv(numel, block),)](w, lg, temperature, out, numel,
                                                                 BLOCK=block)
     return out
+
+
+def masked_weight_backward(grad: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
+                           temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dW, dM) = (G·s, G·W·s(1−s)/T) with s = σ(L/T), from G = dL/d(W ⊙ s), in one pass."""
+    g, w, lg = grad.contiguous(), weight.contiguous(), mask_logits.contiguous()
+    dw, dm = torch.empty_like(w), torch.empty_like(lg)
+    numel = w.numel()
+    if numel:
+        block = 4096 if INTERPRET else 1024
+        with _on_device(w):
+            _masked_weight_bwd_kernel[(triton.cdiv(numel, block),)](
+                g, w, lg, temperature, dw, dm, numel, BLOCK=block)
+    return dw, dm
 
 
 def masked_linear_bwd_wm(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
