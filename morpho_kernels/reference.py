@@ -55,3 +55,32 @@ def masked_linear_backward(
     dx = (g2 @ masked_weight(weight, mask_logits, temperature)).reshape(x.shape)
     db = g2.sum(0) if has_bias else None
     return dx, d_weight, d_mask, db
+
+
+def block_sparse_to_dense(values: Tensor, rows: Tensor, cols: Tensor,
+                          shape: tuple[int, int]) -> Tensor:
+    """Dense (N, K) weight with block `values[s]` (b, b) at block (rows[s], cols[s])."""
+    b = values.shape[-1]
+    n, k = shape
+    dense = values.new_zeros(n // b, k // b, b, b)
+    dense = dense.index_put((rows.long(), cols.long()), values)  # differentiable in values
+    return dense.permute(0, 2, 1, 3).reshape(n, k)
+
+
+def block_sparse_linear(x: Tensor, values: Tensor, rows: Tensor, cols: Tensor,
+                        out_features: int, bias: Optional[Tensor] = None) -> Tensor:
+    """x @ Wᵀ + b with W the block-sparse weight (values at (rows, cols)), densified."""
+    w = block_sparse_to_dense(values, rows, cols, (out_features, x.shape[-1]))
+    return F.linear(x, w, bias)
+
+
+def block_sparse_linear_backward(grad_out: Tensor, x: Tensor, values: Tensor, rows: Tensor,
+                                 cols: Tensor) -> tuple[Tensor, Tensor]:
+    """(dx, dvalues) of block_sparse_linear: dx = dY W, dvalues = (dYᵀX) read at the blocks."""
+    b = values.shape[-1]
+    n, k = grad_out.shape[-1], x.shape[-1]
+    g2, x2 = grad_out.reshape(-1, n), x.reshape(-1, k)
+    w = block_sparse_to_dense(values, rows, cols, (n, k))
+    dx = (g2 @ w).reshape(x.shape)
+    g = (g2.t() @ x2).reshape(n // b, b, k // b, b).permute(0, 2, 1, 3)  # (R, Kb, b, b)
+    return dx, g[rows.long(), cols.long()]

@@ -1,0 +1,264 @@
+"""Run-time formats of learned sparse structure.
+
+`BlockSparseLayout`: which b×b blocks of an (out, in) weight are live, as a fixed-capacity block
+list. Each live block owns a slot s (0 ≤ s < capacity) of a values tensor (capacity, b, b)
+and never moves while it lives: regrowing a block reuses the slot of a dropped one, so the values
+tensor, its optimizer moments and any captured graph keep their shape and storage.
+
+Index tensors (int32, on the layout's device):
+  rows, cols   (C,)        block coordinates of slot s
+  row_order    (C,)        slots sorted by (row, col): the forward walks a block row
+  row_ptr      (R + 1,)    row_order[row_ptr[r]:row_ptr[r+1]] are the slots of block row r
+  col_order    (C,)        slots sorted by (col, row): the transpose, for dX
+  col_ptr      (Kb + 1,)   likewise per block column
+`rebuild()` recomputes the four derived tensors on the device, in place, without a host
+synchronisation (sort + searchsorted), so a layout change inside a training step costs a few
+small kernels and no sync.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def _check_block_size(block_size: int) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {block_size}")
+    return block_size
+
+
+def _check_shape(shape, block_size: int) -> tuple[int, int]:
+    if len(shape) != 2 or any(int(s) < 0 for s in shape):
+        raise ValueError(f"shape must be (out_features, in_features), got {tuple(shape)}")
+    n, k = int(shape[0]), int(shape[1])
+    if n % block_size or k % block_size:
+        raise ValueError(f"shape {(n, k)} is not a multiple of block_size {block_size} in both "
+                         "dims (pad the layer, or choose a smaller block)")
+    return n, k
+
+
+class BlockSparseLayout:
+    """Fixed-capacity list of the live b×b blocks of an (out_features, in_features) weight.
+
+    Build with `from_mask`, `from_block_mask` or `from_dense`, or directly from block
+    coordinates. `to_dense(values)` / `gather(dense)` convert between a values tensor
+    (capacity, b, b) and a dense weight; `regrow` changes the structure at constant capacity.
+    """
+
+    def __init__(self, rows: Tensor, cols: Tensor, shape: tuple[int, int], block_size: int,
+                 *, validate: bool = True):
+        self.block_size = _check_block_size(block_size)
+        self.shape = _check_shape(shape, self.block_size)
+        for name, t in (("rows", rows), ("cols", cols)):
+            if not isinstance(t, Tensor) or t.dim() != 1 or t.dtype.is_floating_point:
+                raise TypeError(f"{name} must be a 1-D integer tensor")
+        if rows.shape != cols.shape or rows.device != cols.device:
+            raise ValueError("rows and cols must have the same length and device, got "
+                             f"{tuple(rows.shape)} on {rows.device}, {tuple(cols.shape)} on "
+                             f"{cols.device}")
+        nbr, nbc = self.grid
+        if validate and rows.numel():  # host sync: construction only, never in rebuild()
+            if int(rows.min()) < 0 or int(rows.max()) >= nbr:
+                raise ValueError(f"rows must lie in [0, {nbr}) (block rows of {self.shape})")
+            if int(cols.min()) < 0 or int(cols.max()) >= nbc:
+                raise ValueError(f"cols must lie in [0, {nbc}) (block columns of {self.shape})")
+            keys = rows.long() * nbc + cols.long()
+            if torch.unique(keys).numel() != keys.numel():
+                raise ValueError("duplicate block coordinates: each live block must appear once")
+        dev = rows.device
+        self.rows = rows.to(torch.int32).contiguous()
+        self.cols = cols.to(torch.int32).contiguous()
+        cap = self.rows.numel()
+        self.row_order = torch.empty(cap, dtype=torch.int32, device=dev)
+        self.col_order = torch.empty(cap, dtype=torch.int32, device=dev)
+        self.row_ptr = torch.empty(nbr + 1, dtype=torch.int32, device=dev)
+        self.col_ptr = torch.empty(nbc + 1, dtype=torch.int32, device=dev)
+        self._row_bounds = torch.arange(nbr + 1, dtype=torch.int64, device=dev)
+        self._col_bounds = torch.arange(nbc + 1, dtype=torch.int64, device=dev)
+        self.rebuild()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(block rows, block columns)."""
+        return self.shape[0] // self.block_size, self.shape[1] // self.block_size
+
+    @property
+    def capacity(self) -> int:
+        """Number of slots (= live blocks); constant for the layout's lifetime."""
+        return self.rows.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def density(self) -> float:
+        """Fraction of the weight's blocks that are live."""
+        nbr, nbc = self.grid
+        return self.capacity / max(nbr * nbc, 1)
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(rows, cols, row_ptr, row_order, col_ptr, col_order): what the op takes."""
+        return self.rows, self.cols, self.row_ptr, self.row_order, self.col_ptr, self.col_order
+
+    def __repr__(self) -> str:
+        return (f"BlockSparseLayout(shape={self.shape}, block_size={self.block_size}, "
+                f"capacity={self.capacity}, density={self.density():.3f}, device={self.device})")
+
+    # ------------------------------------------------------------------ derived indices
+
+    def rebuild(self) -> None:
+        """Recompute row/col orders and pointers from rows/cols, in place, no host sync."""
+        nbr, nbc = self.grid
+        r, c = self.rows.long(), self.cols.long()
+        for key, order, ptr, bounds, major, minor_n in (
+            (r * nbc + c, self.row_order, self.row_ptr, self._row_bounds, r, nbc),
+            (c * nbr + r, self.col_order, self.col_ptr, self._col_bounds, c, nbr),
+        ):
+            sorted_key, idx = torch.sort(key, stable=True)
+            order.copy_(idx)
+            # ptr[i] = number of blocks whose major index < i
+            ptr.copy_(torch.searchsorted(sorted_key // minor_n, bounds))
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_block_mask(cls, block_mask: Tensor, block_size: int) -> BlockSparseLayout:
+        """Layout of the nonzero entries of a (out/b, in/b) block mask."""
+        if not isinstance(block_mask, Tensor) or block_mask.dim() != 2:
+            raise ValueError("block_mask must be a 2-D tensor (out/b, in/b)")
+        b = _check_block_size(block_size)
+        rows, cols = torch.nonzero(block_mask, as_tuple=True)  # row-major: already row-sorted
+        shape = (block_mask.shape[0] * b, block_mask.shape[1] * b)
+        return cls(rows, cols, shape, b, validate=False)
+
+    @classmethod
+    def from_mask(cls, mask: Tensor, block_size: int) -> BlockSparseLayout:
+        """Layout from an element mask of the weight's shape: a block is live when any of its
+        elements is nonzero."""
+        b = _check_block_size(block_size)
+        if not isinstance(mask, Tensor) or mask.dim() != 2:
+            raise ValueError("mask must be a 2-D tensor (out_features, in_features)")
+        n, k = _check_shape(mask.shape, b)
+        live = (mask != 0).reshape(n // b, b, k // b, b).any(dim=3).any(dim=1)
+        return cls.from_block_mask(live, b)
+
+    @classmethod
+    def from_dense(cls, weight: Tensor, block_size: int,
+                   density: Optional[float] = None) -> tuple[BlockSparseLayout, Tensor]:
+        """(layout, values) from a dense weight: the blocks with any nonzero entry, or, with
+        `density`, the fraction of blocks of largest L2 norm (at least one block)."""
+        b = _check_block_size(block_size)
+        if not isinstance(weight, Tensor) or weight.dim() != 2:
+            raise ValueError("weight must be a 2-D tensor (out_features, in_features)")
+        n, k = _check_shape(weight.shape, b)
+        w = weight.detach()
+        if density is None:
+            layout = cls.from_mask(w, b)
+        else:
+            if not (0.0 < float(density) <= 1.0):
+                raise ValueError(f"density must be in (0, 1], got {density}")
+            norms = w.float().reshape(n // b, b, k // b, b).square().sum(dim=(1, 3))
+            keep = max(1, round(float(density) * norms.numel()))
+            idx = torch.topk(norms.flatten(), keep).indices
+            live = torch.zeros(norms.numel(), dtype=torch.bool, device=w.device)
+            live[idx] = True
+            layout = cls.from_block_mask(live.reshape(norms.shape), b)
+        return layout, layout.gather(w)
+
+    # ------------------------------------------------------------------ conversions
+
+    def block_mask(self) -> Tensor:
+        """(out/b, in/b) bool tensor of live blocks."""
+        nbr, nbc = self.grid
+        m = torch.zeros(nbr * nbc, dtype=torch.bool, device=self.device)
+        m[self.rows.long() * nbc + self.cols.long()] = True
+        return m.reshape(nbr, nbc)
+
+    def _check_values(self, values: Tensor) -> None:
+        b = self.block_size
+        if not isinstance(values, Tensor) or values.shape != (self.capacity, b, b):
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"values must have shape {(self.capacity, b, b)}, got {got}")
+        if values.device != self.device:
+            raise ValueError(f"values are on {values.device} but the layout is on {self.device}")
+
+    def to_dense(self, values: Tensor) -> Tensor:
+        """Dense (out_features, in_features) weight with `values` at the live blocks."""
+        self._check_values(values)
+        nbr, nbc = self.grid
+        b = self.block_size
+        dense = values.new_zeros(nbr, nbc, b, b)
+        dense[self.rows.long(), self.cols.long()] = values
+        return dense.permute(0, 2, 1, 3).reshape(self.shape)
+
+    def gather(self, dense: Tensor) -> Tensor:
+        """values (capacity, b, b) read from a dense weight at the live blocks."""
+        if not isinstance(dense, Tensor) or tuple(dense.shape) != self.shape:
+            raise ValueError(f"dense must have shape {self.shape}")
+        nbr, nbc = self.grid
+        b = self.block_size
+        blocks = dense.reshape(nbr, b, nbc, b).permute(0, 2, 1, 3)
+        return blocks[self.rows.long(), self.cols.long()].contiguous()
+
+    # ------------------------------------------------------------------ structure change
+
+    def regrow(self, values: Tensor, drop: int, grow_scores: Tensor,
+               drop_scores: Optional[Tensor] = None) -> Tensor:
+        """Drop `drop` live blocks and grow as many dead ones, in place, at constant capacity.
+
+        Dropped: the live blocks of smallest `drop_scores` (default: L2 norm of their values).
+        Grown: the dead blocks (before this call) of highest `grow_scores` (out/b, in/b); their
+        slots are the dropped ones and their values are set to zero. NaN scores rank lowest. No
+        host synchronisation. Returns the (drop,) int64 slots that changed, for optimizer-state
+        resets (see `morpho_kernels.nn.BlockSparseLinear.regrow`).
+        """
+        self._check_values(values)
+        nbr, nbc = self.grid
+        if isinstance(drop, bool) or not isinstance(drop, int) or drop < 0:
+            raise ValueError(f"drop must be a non-negative int, got {drop!r}")
+        if drop > self.capacity:
+            raise ValueError(f"drop={drop} exceeds the {self.capacity} live blocks")
+        if drop > nbr * nbc - self.capacity:
+            raise ValueError(f"drop={drop} exceeds the {nbr * nbc - self.capacity} dead blocks "
+                             "that could grow")
+        if not isinstance(grow_scores, Tensor) or grow_scores.shape != (nbr, nbc):
+            raise ValueError(f"grow_scores must be a tensor of shape {(nbr, nbc)} (out/b, in/b)")
+        if drop == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            if drop_scores is None:
+                drop_scores = values.float().square().sum(dim=(1, 2))
+            elif drop_scores.shape != (self.capacity,):
+                raise ValueError(f"drop_scores must have shape ({self.capacity},)")
+            slots = torch.topk(_finite(drop_scores.float()), drop, largest=False).indices
+            keys = self.rows.long() * nbc + self.cols.long()
+            scores = _finite(grow_scores.detach().float().flatten().to(self.device))
+            scores.index_fill_(0, keys, float("-inf"))  # live blocks never win over dead ones
+            grown = torch.topk(scores, drop).indices
+            self.rows.index_copy_(0, slots, (grown // nbc).to(torch.int32))
+            self.cols.index_copy_(0, slots, (grown % nbc).to(torch.int32))
+            values.index_fill_(0, slots, 0)
+            self.rebuild()
+        return slots
+
+
+def _finite(s: Tensor) -> Tensor:
+    """Scores with ±inf clamped into the finite range and NaN lowest (dropped first, grown
+    last)."""
+    fi = torch.finfo(s.dtype)
+    return torch.nan_to_num(s, nan=fi.min, posinf=fi.max, neginf=fi.min)
+
+
+def as_layout(obj: Union[BlockSparseLayout, object]) -> BlockSparseLayout:
+    if not isinstance(obj, BlockSparseLayout):
+        raise TypeError(f"layout must be a BlockSparseLayout, got {type(obj).__name__}")
+    return obj
