@@ -6,11 +6,14 @@ backend. ``python -m morpho_kernels.info`` shows which backends serve which devi
 """
 
 from ._dispatch import BACKEND_NAMES, BackendUnavailableError
+from .formats import BLOCK_SIZES, BlockSparseLayout
+from .ops.block_sparse_linear import block_sparse_linear
 from .ops.masked_linear import masked_linear
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKEND_NAMES", "BackendUnavailableError", "masked_linear", "nn", "__version__"]
+__all__ = ["BACKEND_NAMES", "BLOCK_SIZES", "BackendUnavailableError", "BlockSparseLayout",
+           "block_sparse_linear", "masked_linear", "nn", "__version__"]
 
 
 def __getattr__(name):  # `morpho_kernels.nn` without importing torch.nn machinery eagerly

@@ -80,9 +80,20 @@ class BlockSparseLayout:
         self.col_order = torch.empty(cap, dtype=torch.int32, device=dev)
         self.row_ptr = torch.empty(nbr + 1, dtype=torch.int32, device=dev)
         self.col_ptr = torch.empty(nbc + 1, dtype=torch.int32, device=dev)
-        self._row_bounds = torch.arange(nbr + 1, dtype=torch.int64, device=dev)
-        self._col_bounds = torch.arange(nbc + 1, dtype=torch.int64, device=dev)
         self.rebuild()
+
+    @classmethod
+    def wrap(cls, rows: Tensor, cols: Tensor, row_ptr: Tensor, row_order: Tensor,
+             col_ptr: Tensor, col_order: Tensor, shape: tuple[int, int],
+             block_size: int) -> BlockSparseLayout:
+        """A layout over existing index tensors (e.g. a module's buffers), without copying or
+        rebuilding: in-place changes (`regrow`) write into those tensors."""
+        self = cls.__new__(cls)
+        self.block_size = _check_block_size(block_size)
+        self.shape = _check_shape(shape, self.block_size)
+        self.rows, self.cols, self.row_ptr, self.row_order = rows, cols, row_ptr, row_order
+        self.col_ptr, self.col_order = col_ptr, col_order
+        return self
 
     # ------------------------------------------------------------------ properties
 
@@ -119,13 +130,12 @@ class BlockSparseLayout:
         """Recompute row/col orders and pointers from rows/cols, in place, no host sync."""
         nbr, nbc = self.grid
         r, c = self.rows.long(), self.cols.long()
-        for key, order, ptr, bounds, major, minor_n in (
-            (r * nbc + c, self.row_order, self.row_ptr, self._row_bounds, r, nbc),
-            (c * nbr + r, self.col_order, self.col_ptr, self._col_bounds, c, nbr),
-        ):
-            sorted_key, idx = torch.sort(key, stable=True)
+        for key, order, ptr, minor_n in ((r * nbc + c, self.row_order, self.row_ptr, nbc),
+                                         (c * nbr + r, self.col_order, self.col_ptr, nbr)):
+            sorted_key, idx = torch.sort(key)  # keys are unique: no stability needed
             order.copy_(idx)
-            # ptr[i] = number of blocks whose major index < i
+            # ptr[i] = number of live blocks whose major index (row, or column) is < i
+            bounds = torch.arange(ptr.numel(), dtype=torch.int64, device=self.device)
             ptr.copy_(torch.searchsorted(sorted_key // minor_n, bounds))
 
     # ------------------------------------------------------------------ constructors

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .formats import BlockSparseLayout
+from .ops.block_sparse_linear import apply_block_sparse
 from .ops.masked_linear import check_temperature as _check_temperature
 from .ops.masked_linear import masked_linear
 
@@ -145,3 +147,185 @@ class MaskedLinear(nn.Module):
 
 
 __all__ = ["MaskedLinear"]
+
+
+_INDEX_BUFFERS = ("rows", "cols", "row_ptr", "row_order", "col_ptr", "col_order")
+
+
+def _ceil_to(v: int, b: int) -> int:
+    return -(-v // b) * b
+
+
+class BlockSparseLinear(nn.Module):
+    """``nn.Linear`` whose weight lives as b×b blocks: ``y = x @ Wᵀ + b`` with W block-sparse.
+
+    The live blocks are a `BlockSparseLayout` of fixed capacity; the values are one parameter
+    ``values`` (capacity, b, b) and the layout's index tensors are buffers (in the state dict).
+    `regrow` changes which blocks live without reallocating either, so optimizers, captured
+    graphs and torch.compile stay valid. Build one with `from_linear`, or directly with a random
+    layout of the given block density (values initialised like ``nn.Linear``).
+
+    Layers whose sizes are not multiples of ``block_size`` are padded with zero rows / columns
+    when ``pad=True`` (inputs are zero-padded and outputs sliced on every call), else rejected.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as ``nn.Linear``.
+        block_size: 16, 32, 64 or 128 (128 for training on Hopper GPUs, 32 for CPU inference).
+        density: fraction of blocks live, in (0, 1] (at least one block).
+        pad: allow sizes that are not multiples of ``block_size``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 block_size: int = 64, density: float = 1.0, pad: bool = False, device=None,
+                 dtype=None, *, _layout: BlockSparseLayout | None = None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not (isinstance(density, (int, float)) and 0.0 < float(density) <= 1.0):
+            raise ValueError(f"density must be in (0, 1], got {density!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.block_size = block_size
+        if not pad and (in_features % block_size or out_features % block_size):
+            raise ValueError(
+                f"in_features={in_features} and out_features={out_features} must be multiples "
+                f"of block_size={block_size}; pass pad=True to zero-pad the layer, or choose a "
+                "smaller block")
+        shape = (_ceil_to(out_features, block_size), _ceil_to(in_features, block_size))
+        if _layout is None:
+            nbr, nbc = shape[0] // block_size, shape[1] // block_size
+            live = max(1, round(float(density) * nbr * nbc))
+            keys = torch.randperm(nbr * nbc, device=device)[:live]
+            _layout = BlockSparseLayout(keys // nbc, keys % nbc, shape, block_size)
+        elif _layout.shape != shape or _layout.block_size != block_size:
+            raise ValueError(f"layout {_layout} does not fit a padded shape {shape}")
+        for name, t in zip(_INDEX_BUFFERS, _layout.tensors()):
+            self.register_buffer(name, t)
+        b = block_size
+        self.values = nn.Parameter(torch.empty(_layout.capacity, b, b, device=device,
+                                               dtype=dtype))
+        self.bias = (nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+                     if bias else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation: U(-1/√in, 1/√in) for values and bias."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.values, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        b = self.block_size
+        return _ceil_to(self.out_features, b), _ceil_to(self.in_features, b)
+
+    @property
+    def layout(self) -> BlockSparseLayout:
+        """The layout over this module's index buffers (changes to it change the module)."""
+        return BlockSparseLayout.wrap(*(getattr(self, n) for n in _INDEX_BUFFERS),
+                                      self.padded_shape, self.block_size)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, mask: Tensor | None = None,
+                    density: float | None = None, block_size: int = 64,
+                    pad: bool = False) -> BlockSparseLinear:
+        """Convert an ``nn.Linear``: keep the blocks of ``mask`` (an element mask of the
+        weight's shape, a block live when any element is, or a (out/b, in/b) block mask), or
+        the ``density`` fraction of blocks of largest L2 norm. Kept values are copied (masked
+        elements inside a kept block become zero); the bias is copied."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        if (mask is None) == (density is None):
+            raise ValueError("give exactly one of mask= (which blocks to keep) or density= "
+                             "(fraction of blocks kept by magnitude)")
+        n, k = linear.out_features, linear.in_features
+        b = block_size
+        if not pad and (n % b or k % b):
+            raise ValueError(f"nn.Linear({k}, {n}) is not a multiple of block_size={b}; pass "
+                             "pad=True to zero-pad it, or choose a smaller block")
+        w = linear.weight.detach()
+        shape = (_ceil_to(n, b), _ceil_to(k, b))
+        wp = w.new_zeros(shape)
+        wp[:n, :k] = w
+        if mask is not None:
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"mask must be a Tensor, got {type(mask).__name__}")
+            mask = mask.to(w.device)
+            if mask.shape == (n, k):
+                mp = torch.zeros(shape, dtype=torch.bool, device=w.device)
+                mp[:n, :k] = mask != 0
+                wp = wp * mp
+                layout = BlockSparseLayout.from_mask(mp, b)
+            elif mask.shape == (shape[0] // b, shape[1] // b):
+                layout = BlockSparseLayout.from_block_mask(mask != 0, b)
+            else:
+                raise ValueError(f"mask shape {tuple(mask.shape)} must be the weight's {(n, k)} "
+                                 f"or the block grid's {(shape[0] // b, shape[1] // b)}")
+            if layout.capacity == 0:
+                raise ValueError("mask keeps no block: a BlockSparseLinear needs at least one")
+            values = layout.gather(wp)
+        else:
+            layout, values = BlockSparseLayout.from_dense(wp, b, density=density)
+        out = cls(k, n, bias=linear.bias is not None, block_size=b, pad=pad, device=w.device,
+                  dtype=w.dtype, _layout=layout)
+        with torch.no_grad():
+            out.values.copy_(values)
+            if linear.bias is not None:
+                out.bias.copy_(linear.bias)
+        return out
+
+    def to_linear(self) -> nn.Linear:
+        """A dense ``nn.Linear`` with the same function (dead blocks as zeros)."""
+        v = self.values
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        device=v.device, dtype=v.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def dense_weight(self) -> Tensor:
+        """(out_features, in_features) dense weight (a copy; not differentiable)."""
+        with torch.no_grad():
+            return self.layout.to_dense(self.values)[: self.out_features, : self.in_features]
+
+    def density(self) -> float:
+        """Fraction of the (padded) weight's blocks that are live."""
+        return self.layout.density()
+
+    def regrow(self, drop: int, grow_scores: Tensor, optimizer: torch.optim.Optimizer | None = None,
+               drop_scores: Tensor | None = None) -> Tensor:
+        """Drop the ``drop`` live blocks of smallest magnitude (or ``drop_scores``) and grow the
+        ``drop`` dead blocks of highest ``grow_scores`` (an (out/b, in/b) tensor, e.g. |dense
+        gradient| summed per block) with zero values, in place and without a host sync.
+
+        With ``optimizer``, every state tensor of ``values`` shaped like it (Adam / AdamW
+        ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD ``momentum_buffer``) is zeroed at
+        the regrown slots, so old moments never push the new blocks. Returns the slots changed.
+        """
+        slots = self.layout.regrow(self.values.data, drop, grow_scores, drop_scores)
+        if optimizer is not None:
+            state = optimizer.state.get(self.values, {})
+            with torch.no_grad():
+                for v in state.values():
+                    if isinstance(v, Tensor) and v.shape == self.values.shape:
+                        v.index_fill_(0, slots, 0)
+        return slots
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, k = self.padded_shape
+        index = tuple(getattr(self, name) for name in _INDEX_BUFFERS)
+        if (n, k) == (self.out_features, self.in_features):
+            return apply_block_sparse(x, self.values, index, n, self.bias)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x's last dim {x.shape[-1]} must be in_features={self.in_features}")
+        xp = torch.nn.functional.pad(x, (0, k - self.in_features))
+        y = apply_block_sparse(xp, self.values, index, n, None)[..., : self.out_features]
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, block_size={self.block_size}, "
+                f"blocks={self.values.shape[0]}, density={self.density():.3f}")

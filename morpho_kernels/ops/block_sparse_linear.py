@@ -222,7 +222,7 @@ def _validate(x, values, layout, bias) -> None:
         raise ValueError(f"bias shape {tuple(bias.shape)} must be ({n},)")
 
 
-def _validate_dtypes(x, values, layout, bias) -> None:
+def _validate_dtypes(x, values, bias) -> None:
     if not x.dtype.is_floating_point:
         raise TypeError(f"x must be floating point, got {x.dtype}")
     for name, t in (("values", values), ("bias", bias)):
@@ -232,8 +232,6 @@ def _validate_dtypes(x, values, layout, bias) -> None:
             raise TypeError(f"{name} dtype {t.dtype} must equal x dtype {x.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if layout.device != x.device:
-        raise ValueError(f"the layout is on {layout.device} but x is on {x.device}")
 
 
 def block_sparse_linear(x: Tensor, values: Tensor, layout: BlockSparseLayout,
@@ -257,10 +255,20 @@ def block_sparse_linear(x: Tensor, values: Tensor, layout: BlockSparseLayout,
         BackendUnavailableError when MORPHO_BACKEND forces a backend that cannot serve the call.
     """
     _validate(x, values, layout, bias)
+    if layout.device != x.device:
+        raise ValueError(f"the layout is on {layout.device} but x is on {x.device}")
+    return apply_block_sparse(x, values, layout.tensors(), layout.shape[0], bias)
+
+
+def apply_block_sparse(x: Tensor, values: Tensor, index: tuple, out_features: int,
+                       bias: Optional[Tensor]) -> Tensor:
+    """block_sparse_linear on the layout's index tensors (`BlockSparseLayout.tensors()`), with
+    the dtype checks and autocast but without the layout-object checks: what a module calls
+    from its forward (torch.compile traces it without a Python layout object)."""
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, values = x.to(dtype), values.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    _validate_dtypes(x, values, layout, bias)
+    _validate_dtypes(x, values, bias)
     with torch.autocast(x.device.type, enabled=False):
-        return _bs_linear_op(x, values, *layout.tensors(), layout.shape[0], bias)
+        return _bs_linear_op(x, values, *index, out_features, bias)

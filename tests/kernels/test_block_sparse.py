@@ -1,0 +1,389 @@
+"""BlockSparseLayout, morpho::block_sparse_linear on every backend, and BlockSparseLinear."""
+
+import math
+
+import pytest
+import torch
+from conftest import TRITON_DEVICE
+from tolerances import assert_matches
+
+import morpho_kernels as mk
+from morpho_kernels import BlockSparseLayout, reference
+from morpho_kernels.nn import BlockSparseLinear
+from morpho_kernels.ops import block_sparse_linear as bs_mod
+
+BLOCKS = [16, 32, 64, 128]
+
+
+def _has_ext_kernels() -> bool:
+    return mk._ext.status().loaded and hasattr(torch.ops.morpho, "bs_dsd")
+
+
+def _device(backend_name):
+    return TRITON_DEVICE if backend_name == "triton" else "cpu"
+
+
+def _skip_unavailable(backend_name):
+    if backend_name == "ext" and not _has_ext_kernels():
+        pytest.skip("extension not built with the block-sparse kernels")
+
+
+def random_layout(grid, density, block, seed=0, empty_row=None, full_row=None, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    bm = torch.rand(grid, generator=g) < density
+    if empty_row is not None:
+        bm[empty_row] = False
+    if full_row is not None:
+        bm[full_row] = True
+    return BlockSparseLayout.from_block_mask(bm.to(device), block)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def _expected_indices(layout):
+    rows, cols = layout.rows.tolist(), layout.cols.tolist()
+    nbr, nbc = layout.grid
+    by_row = sorted(range(len(rows)), key=lambda s: (rows[s], cols[s]))
+    by_col = sorted(range(len(rows)), key=lambda s: (cols[s], rows[s]))
+    row_ptr = [sum(r < i for r in rows) for i in range(nbr + 1)]
+    col_ptr = [sum(c < i for c in cols) for i in range(nbc + 1)]
+    return by_row, row_ptr, by_col, col_ptr
+
+
+def assert_layout_consistent(layout):
+    by_row, row_ptr, by_col, col_ptr = _expected_indices(layout)
+    assert layout.row_order.tolist() == by_row
+    assert layout.row_ptr.tolist() == row_ptr
+    assert layout.col_order.tolist() == by_col
+    assert layout.col_ptr.tolist() == col_ptr
+    for t in layout.tensors():
+        assert t.dtype == torch.int32
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_layout_roundtrip(block):
+    layout = random_layout((3, 5), 0.5, block, empty_row=0, full_row=2)
+    assert_layout_consistent(layout)
+    values = torch.randn(layout.capacity, block, block)
+    dense = layout.to_dense(values)
+    assert dense.shape == (3 * block, 5 * block)
+    assert torch.equal(layout.gather(dense), values)
+    again = BlockSparseLayout.from_mask(dense, block)
+    assert torch.equal(again.block_mask(), layout.block_mask())
+    lay2, v2 = BlockSparseLayout.from_dense(dense, block)
+    assert torch.equal(lay2.to_dense(v2), dense)
+    # by magnitude: the kept blocks are the largest ones
+    lay3, v3 = BlockSparseLayout.from_dense(dense, block, density=0.2)
+    assert lay3.capacity == round(0.2 * 15)
+    norms = dense.reshape(3, block, 5, block).square().sum((1, 3)).flatten()
+    kept = norms[lay3.block_mask().flatten()]
+    assert kept.min() >= norms[~lay3.block_mask().flatten()].max()
+
+
+def test_layout_rejects_bad_input():
+    with pytest.raises(ValueError, match="block_size"):
+        BlockSparseLayout.from_mask(torch.ones(48, 48), 24)
+    with pytest.raises(TypeError, match="block_size"):
+        BlockSparseLayout.from_mask(torch.ones(48, 48), 16.0)
+    with pytest.raises(ValueError, match="multiple of block_size"):
+        BlockSparseLayout.from_mask(torch.ones(40, 48), 16)
+    with pytest.raises(ValueError, match="rows must lie"):
+        BlockSparseLayout(torch.tensor([0, 3]), torch.tensor([0, 0]), (48, 48), 16)
+    with pytest.raises(ValueError, match="cols must lie"):
+        BlockSparseLayout(torch.tensor([0, 1]), torch.tensor([0, -1]), (48, 48), 16)
+    with pytest.raises(ValueError, match="duplicate"):
+        BlockSparseLayout(torch.tensor([1, 1]), torch.tensor([2, 2]), (48, 48), 16)
+    with pytest.raises(TypeError, match="integer"):
+        BlockSparseLayout(torch.tensor([1.0]), torch.tensor([2]), (48, 48), 16)
+    layout = BlockSparseLayout.from_block_mask(torch.tensor([[1, 1], [1, 0]]), 16)
+    with pytest.raises(ValueError, match="values must have shape"):
+        layout.to_dense(torch.randn(layout.capacity + 1, 16, 16))
+    with pytest.raises(ValueError, match="live blocks"):
+        layout.regrow(torch.zeros(3, 16, 16), 4, torch.rand(2, 2))
+    with pytest.raises(ValueError, match="dead blocks"):
+        layout.regrow(torch.zeros(3, 16, 16), 2, torch.rand(2, 2))
+    with pytest.raises(ValueError, match="grow_scores"):
+        layout.regrow(torch.zeros(layout.capacity, 16, 16), 1, torch.rand(3, 2))
+
+
+def test_layout_empty_and_full():
+    empty = BlockSparseLayout.from_block_mask(torch.zeros(2, 3, dtype=torch.bool), 16)
+    assert empty.capacity == 0 and empty.row_ptr.tolist() == [0, 0, 0]
+    full = BlockSparseLayout.from_block_mask(torch.ones(2, 3, dtype=torch.bool), 16)
+    assert full.density() == 1.0
+    assert_layout_consistent(full)
+
+
+def test_regrow_random_sequence_against_set_model():
+    """Random prune/grow sequences: the layout equals a Python set model after every change,
+    values of kept blocks never move, regrown blocks start at zero."""
+    g = torch.Generator().manual_seed(3)
+    grid = (6, 7)
+    layout = random_layout(grid, 0.4, 16, seed=1)
+    values = torch.randn(layout.capacity, 16, 16, generator=g)
+    model = {(r, c): values[s].clone() for s, (r, c) in
+             enumerate(zip(layout.rows.tolist(), layout.cols.tolist()))}
+    for step in range(12):
+        k = int(torch.randint(0, 4, (1,), generator=g))
+        scores = torch.rand(grid, generator=g)
+        if step % 3 == 0:
+            scores[0, 0] = float("nan")  # NaN never wins
+        norms = {key: float(v.square().sum()) for key, v in model.items()}
+        dropped = sorted(norms, key=norms.get)[:k]
+        dead = [(r, c) for r in range(grid[0]) for c in range(grid[1]) if (r, c) not in model]
+        dead_scores = {key: float(torch.nan_to_num(scores[key], nan=-1.0)) for key in dead}
+        grown = sorted(dead, key=lambda key: -dead_scores[key])[:k]
+        slots = layout.regrow(values, k, scores)
+        assert slots.numel() == k
+        for key in dropped:
+            del model[key]
+        for key in grown:
+            model[key] = torch.zeros(16, 16)
+        got = {(r, c): values[s] for s, (r, c) in
+               enumerate(zip(layout.rows.tolist(), layout.cols.tolist()))}
+        assert got.keys() == model.keys(), f"step {step}"
+        for key in model:
+            assert torch.equal(got[key], model[key])
+        assert_layout_consistent(layout)
+        # "training" moves the new blocks off zero, so the next drop has no ties
+        values[slots] = torch.randn(k, 16, 16, generator=g)
+        for s in slots.tolist():
+            model[(int(layout.rows[s]), int(layout.cols[s]))] = values[s].clone()
+
+
+# ----------------------------------------------------------------------------- the op
+
+
+def make_case(lead, grid, block, density, dtype_bias=True, seed=0, **layout_kw):
+    layout = random_layout(grid, density, block, seed=seed, **layout_kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    n, k = grid[0] * block, grid[1] * block
+    x = torch.randn(*lead, k, generator=g, dtype=torch.float64)
+    v = torch.randn(layout.capacity, block, block, generator=g, dtype=torch.float64)
+    v /= math.sqrt(k * max(density, 0.1))
+    b = torch.randn(n, generator=g, dtype=torch.float64) if dtype_bias else None
+    grad = torch.randn(*lead, n, generator=g, dtype=torch.float64)
+    return layout, x, v, b, grad
+
+
+def _run(fn, tensors, grad, dtype, device):
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() if t is not None else None
+              for t in tensors]
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None],
+                                grad.to(device=device, dtype=dtype))
+    return y, grads
+
+
+def check_backend(backend_name, lead, grid, block, density, dtype, force, bias=True,
+                  **layout_kw):
+    device = _device(backend_name)
+    layout, x, v, b, grad = make_case(lead, grid, block, density, bias, **layout_kw)
+    n = grid[0] * block
+    ref = lambda x_, v_, b_=None: reference.block_sparse_linear(x_, v_, layout.rows,  # noqa: E731
+                                                                layout.cols, n, b_)
+    tensors = (x, v, b) if bias else (x, v)
+    truth_y, truth_g = _run(ref, tensors, grad, torch.float64, "cpu")
+    ref_y, ref_g = _run(ref, tensors, grad, dtype, "cpu")
+    dev_layout = BlockSparseLayout.from_block_mask(layout.block_mask().to(device), block)
+    assert torch.equal(dev_layout.rows.cpu(), layout.rows)
+    force(backend_name)
+    op = lambda x_, v_, b_=None: mk.block_sparse_linear(x_, v_, dev_layout, b_)  # noqa: E731
+    y, grads = _run(op, tensors, grad, dtype, device)
+    assert bs_mod.DISPATCH.last == backend_name
+    assert_matches(y.cpu(), ref_y, truth_y, "y")
+    for name, got, r, t in zip(("dx", "dvalues", "dbias"), grads, ref_g, truth_g):
+        assert_matches(got.cpu(), r, t, name)
+
+
+BACKENDS = ["triton", "ext", "reference"]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_matches_reference_every_block(backend_name, block, backend):
+    _skip_unavailable(backend_name)
+    # ragged token count, an empty block row and a full one
+    check_backend(backend_name, (5,), (3, 4), block, 0.5, torch.float32, backend,
+                  empty_row=0, full_row=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_low_precision(backend_name, dtype, backend):
+    _skip_unavailable(backend_name)
+    check_backend(backend_name, (2, 37), (4, 3), 32, 0.6, dtype, backend, bias=False)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_single_token_and_all_dead_rows(backend_name, backend):
+    _skip_unavailable(backend_name)
+    check_backend(backend_name, (1,), (2, 2), 16, 0.0, torch.float32, backend, full_row=1)
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "ext"])
+def test_gradcheck_float64(backend_name, backend):
+    _skip_unavailable(backend_name)
+    backend(backend_name)
+    layout, x, v, b, _ = make_case((3,), (2, 3), 16, 0.5, full_row=0)
+    x, v, b = (t.requires_grad_() for t in (x, v, b))
+    assert torch.autograd.gradcheck(lambda *a: mk.block_sparse_linear(a[0], a[1], layout, a[2]),
+                                    (x, v, b))
+
+
+def test_stride0_grad_output(backend):
+    """`.sum().backward()` hands the backward a stride-0 expanded gradient."""
+    backend("triton")
+    device = TRITON_DEVICE
+    layout, x, v, b, _ = make_case((4,), (2, 2), 32, 0.75, full_row=1)
+    dev_layout = BlockSparseLayout.from_block_mask(layout.block_mask().to(device), 32)
+    xs, vs = (t.float().to(device).requires_grad_() for t in (x, v))
+    mk.block_sparse_linear(xs, vs, dev_layout).sum().backward()
+    xr, vr = (t.float().requires_grad_() for t in (x, v))
+    reference.block_sparse_linear(xr, vr, layout.rows, layout.cols, 64).sum().backward()
+    torch.testing.assert_close(xs.grad.cpu(), xr.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(vs.grad.cpu(), vr.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_public_function_rejects_bad_input():
+    layout = random_layout((2, 2), 0.5, 16, full_row=0)
+    v = torch.randn(layout.capacity, 16, 16)
+    x = torch.randn(3, 32)
+    with pytest.raises(TypeError, match="layout"):
+        mk.block_sparse_linear(x, v, "layout")
+    with pytest.raises(ValueError, match="values shape"):
+        mk.block_sparse_linear(x, v[:, :8], layout)
+    with pytest.raises(ValueError, match="last dim"):
+        mk.block_sparse_linear(torch.randn(3, 31), v, layout)
+    with pytest.raises(ValueError, match="bias shape"):
+        mk.block_sparse_linear(x, v, layout, torch.randn(31))
+    with pytest.raises(TypeError, match="values dtype"):
+        mk.block_sparse_linear(x, v.double(), layout)
+
+
+def test_forced_unavailable_backend_raises(monkeypatch):
+    monkeypatch.setenv("MORPHO_BACKEND", "triton")
+    if TRITON_DEVICE == "cpu":
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    layout = random_layout((2, 2), 0.5, 16, full_row=0)
+    v = torch.randn(layout.capacity, 16, 16, dtype=torch.float64)
+    with pytest.raises(mk.BackendUnavailableError, match="block_sparse_linear"):
+        mk.block_sparse_linear(torch.randn(3, 32, dtype=torch.float64), v, layout)
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "ext"])
+def test_opcheck(backend_name, backend):
+    _skip_unavailable(backend_name)
+    backend(backend_name)
+    layout, x, v, b, grad = make_case((3,), (2, 3), 16, 0.5, full_row=0)
+    x, v, b, grad = (t.float() for t in (x, v, b, grad))
+    idx = layout.tensors()
+    torch.library.opcheck(torch.ops.morpho.block_sparse_linear.default,
+                          (x.requires_grad_(), v.requires_grad_(), *idx, 32, b))
+    torch.library.opcheck(torch.ops.morpho.block_sparse_linear_backward.default,
+                          (grad, x.detach(), v.detach(), *idx, True, True, True))
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+def test_module_from_linear_to_linear_and_padding():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(100, 70)
+    with pytest.raises(ValueError, match="pad=True"):
+        BlockSparseLinear.from_linear(lin, density=0.5, block_size=16)
+    with pytest.raises(ValueError, match="exactly one"):
+        BlockSparseLinear.from_linear(lin, block_size=16, pad=True)
+    full = BlockSparseLinear.from_linear(lin, mask=torch.ones(70, 100), block_size=16, pad=True)
+    x = torch.randn(4, 100)
+    torch.testing.assert_close(full(x), lin(x))
+    half = BlockSparseLinear.from_linear(lin, density=0.5, block_size=16, pad=True)
+    torch.testing.assert_close(half(x), half.to_linear()(x))
+    assert abs(half.density() - 0.5) < 0.06
+    # an element mask: blocks with any live element kept, masked elements zeroed
+    mask = torch.zeros(70, 100)
+    mask[:16, :16] = 1
+    mask[40, 90] = 1
+    part = BlockSparseLinear.from_linear(lin, mask=mask, block_size=16, pad=True)
+    assert part.values.shape[0] == 2
+    torch.testing.assert_close(part.to_linear().weight, lin.weight * mask)
+
+
+def test_module_state_dict_roundtrip():
+    m = BlockSparseLinear(64, 32, block_size=16, density=0.5)
+    m.regrow(1, torch.rand(m.layout.grid))
+    m2 = BlockSparseLinear(64, 32, block_size=16, density=0.5)
+    m2.load_state_dict(m.state_dict())
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(m2(x), m(x))
+    assert torch.equal(m2.layout.block_mask(), m.layout.block_mask())
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "adamw", "sgd"])
+def test_regrow_resets_optimizer_state(opt_name):
+    torch.manual_seed(0)
+    m = BlockSparseLinear(64, 64, block_size=16, density=0.5)
+    opt = {"adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+           "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2),
+           "sgd": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9)}[opt_name](m.parameters())
+    x = torch.randn(8, 64)
+    for _ in range(2):
+        opt.zero_grad()
+        m(x).square().mean().backward()
+        opt.step()
+    state = opt.state[m.values]
+    keys = [k for k, v in state.items() if torch.is_tensor(v) and v.shape == m.values.shape]
+    assert keys, "optimizer keeps per-value state"
+    before = {k: state[k].clone() for k in keys}
+    scores = torch.rand(m.layout.grid)
+    slots = m.regrow(3, scores, optimizer=opt)
+    kept = torch.ones(m.values.shape[0], dtype=torch.bool)
+    kept[slots] = False
+    for k in keys:
+        assert (state[k][slots] == 0).all()
+        assert torch.equal(state[k][kept], before[k][kept])
+    assert (m.values[slots] == 0).all()
+    # training continues through the new layout, and matches the dense equivalent
+    opt.zero_grad()
+    m(x).square().mean().backward()
+    opt.step()
+    torch.testing.assert_close(m(x), m.to_linear()(x))
+
+
+def test_module_autocast_and_compile():
+    torch.manual_seed(0)
+    m = BlockSparseLinear(64, 32, block_size=16, density=0.5)
+    x = torch.randn(5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), m(x), atol=5e-2, rtol=5e-2)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), m(x))
+    m.regrow(2, torch.rand(m.layout.grid))  # in-place layout change: same graph stays valid
+    torch.testing.assert_close(compiled(x), m(x))
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_gpu_large_shapes(block, dtype, backend):
+    check_backend("triton", (1000,), (8, 6), block, 0.4, dtype, backend, empty_row=1,
+                  full_row=3)
+
+
+@pytest.mark.gpu
+def test_gpu_regrow_no_host_sync():
+    layout = random_layout((16, 16), 0.3, 64, device="cuda")
+    values = torch.randn(layout.capacity, 64, 64, device="cuda")
+    scores = torch.rand(16, 16, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layout.regrow(values, 5, scores)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_layout_consistent(layout)
