@@ -1,0 +1,194 @@
+"""Benchmark of morpho::block_sparse_linear against its peers, measured in the same run.
+
+impl:
+  morpho     mk.block_sparse_linear with the backend chosen per call (recorded in `backend`)
+  dense      F.linear(x, W) on the densified weight (cuBLAS / MKL): the peer to beat
+  torch_bsr  F.linear(x, W.to_sparse_bsr(b)) (forward only: torch has no BSR backward)
+  torch_csr  CPU only: F.linear(x, W.to_sparse_csr()) (forward only)
+  regrow     one BlockSparseLinear.regrow of 10% of the blocks (mode `regrow`), with the
+             morpho fwd+bwd step of the same case to compare against
+mode: fwd (no autograd graph), fwd+bwd (forward, backward to x, values / weight and bias).
+
+Usage:
+  python bench/bench_block_sparse.py                  # CPU grid (fp32, 256 tokens)
+  python bench/bench_block_sparse.py --quick          # seconds
+  python bench/bench_block_sparse.py --device cuda    # GPU grid incl. the issue's targets
+Records go to bench/results/block_sparse.jsonl; a ratio summary is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Recorder, peak_mem_mb, time_ms  # noqa: E402
+
+import morpho_kernels as mk  # noqa: E402
+from morpho_kernels.nn import BlockSparseLinear  # noqa: E402
+from morpho_kernels.ops.block_sparse_linear import DISPATCH  # noqa: E402
+
+# grid: (tokens, sizes n = k, blocks, sparsities, dtypes)
+GRIDS = {
+    "quick": (256, [1024], [32], [0.9], [torch.float32]),
+    "cpu": (256, [2048, 4096], [32, 64, 128], [0.5, 0.75, 0.9, 0.95], [torch.float32]),
+    "cuda": (8192, [2048, 4096, 8192], [32, 64, 128], [0.5, 0.75, 0.9, 0.95],
+             [torch.bfloat16, torch.float32]),
+}
+
+
+def _layer(n: int, block: int, sparsity: float, dtype, device) -> BlockSparseLinear:
+    torch.manual_seed(0)
+    layer = BlockSparseLinear(n, n, bias=True, block_size=block, density=1.0 - sparsity,
+                              device=device, dtype=dtype)
+    return layer
+
+
+def _peers(layer: BlockSparseLinear, device: str, mode: str) -> dict:
+    w = layer.dense_weight()
+    b = layer.bias.detach()
+    peers = {}
+    if mode == "fwd+bwd":
+        wd = w.clone().requires_grad_()
+        bd = b.clone().requires_grad_()
+        peers["dense"] = lambda x: F.linear(x, wd, bd)
+        return peers
+    peers["dense"] = lambda x: F.linear(x, w, b)
+    for name, conv in (("torch_bsr", lambda: w.to_sparse_bsr(layer.block_size)),
+                       ("torch_csr", lambda: w.to_sparse_csr())):
+        if name == "torch_csr" and device != "cpu":
+            continue
+        try:
+            ws = conv()
+            F.linear(torch.zeros(8, w.shape[1], device=device, dtype=w.dtype), ws, b)
+            peers[name] = lambda x, ws=ws: F.linear(x, ws, b)
+        except (RuntimeError, NotImplementedError) as exc:
+            print(f"    {name} unavailable: {type(exc).__name__}: {str(exc)[:100]}")
+    return peers
+
+
+def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, sparsity: float,
+               dtype: torch.dtype) -> None:
+    layer = _layer(n, block, sparsity, dtype, device)
+    g = torch.Generator(device=device).manual_seed(1)
+    x = torch.randn(tokens, n, device=device, dtype=dtype, generator=g)
+    xg = x.clone().requires_grad_()
+    grad = torch.randn(tokens, n, device=device, dtype=dtype, generator=g)
+    shape = {"tokens": tokens, "n": n, "k": n, "block": block, "sparsity": sparsity,
+             "blocks": layer.values.shape[0]}
+    common = {"op": "block_sparse_linear", "dtype": str(dtype).replace("torch.", "")}
+
+    def record(impl, mode, fn, backend=None, shape=shape, extra=lambda med: {}):
+        med, p20, p80 = time_ms(fn, device)
+        backend = DISPATCH.last if backend == "morpho" else None  # read after the calls
+        rec.add(**common, shape=shape, impl=impl, mode=mode, median_ms=med, p20_ms=p20,
+                p80_ms=p80, peak_mem_mb=peak_mem_mb(fn, device), backend=backend, **extra(med))
+        return med
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                return fn(x)
+        return run
+
+    def fwd_bwd(fn, params):
+        def run():
+            y = fn(xg)
+            torch.autograd.backward(y, grad)
+            xg.grad = None
+            for p in params:
+                p.grad = None
+        return run
+
+    record("morpho", "fwd", fwd(layer), "morpho")
+    for name, fn in _peers(layer, device, "fwd").items():
+        record(name, "fwd", fwd(fn))
+    step = record("morpho", "fwd+bwd", fwd_bwd(layer, list(layer.parameters())), "morpho")
+    dense = _peers(layer, device, "fwd+bwd")["dense"]
+    record("dense", "fwd+bwd", fwd_bwd(dense, []))
+    # one regrow of 10% of the blocks, scores fixed (the layout keeps changing across reps)
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-4)
+    fwd_bwd(layer, [])()
+    opt.step()
+    k = max(1, layer.values.shape[0] // 10)
+    nbr, nbc = layer.layout.grid
+    k = min(k, nbr * nbc - layer.values.shape[0])
+    if k > 0:
+        scores = torch.rand(nbr, nbc, device=device, generator=g)
+        record("morpho", "regrow", lambda: layer.regrow(k, scores, optimizer=opt),
+               shape={**shape, "regrow_blocks": k},
+               extra=lambda med: {"regrow_over_step": med / step})
+
+
+def summarize(records: list[dict]) -> str:
+    """Markdown table: morpho against its peers for each case of one run."""
+    by: dict = {}
+    for r in records:
+        s = r["shape"]
+        key = (r["dtype"], s["n"], s["block"], s["sparsity"])
+        by.setdefault(key, {})[(r["impl"], r["mode"])] = r
+    lines = ["| dtype | n=k | block | sparsity | fwd ms | dense fwd ms | dense/morpho fwd | "
+             "bsr/morpho fwd | csr/morpho fwd | fwd+bwd ms | dense/morpho fwd+bwd | "
+             "regrow ms (% of step) | backend |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def ratio(c, peer, mode):
+        return (f"{c[(peer, mode)]['median_ms'] / c[('morpho', mode)]['median_ms']:.2f}"
+                if (peer, mode) in c and ("morpho", mode) in c else "n/a")
+
+    for key in sorted(by):
+        c = by[key]
+        mf, mb = c.get(("morpho", "fwd")), c.get(("morpho", "fwd+bwd"))
+        if not (mf and mb and ("dense", "fwd") in c):
+            continue
+        rg = c.get(("morpho", "regrow"))
+        rg_s = (f"{rg['median_ms']:.3f} ({100 * rg['median_ms'] / mb['median_ms']:.1f}%)"
+                if rg else "n/a")
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:.2f} | {mf['median_ms']:.3f} | "
+            f"{c[('dense', 'fwd')]['median_ms']:.3f} | {ratio(c, 'dense', 'fwd')} | "
+            f"{ratio(c, 'torch_bsr', 'fwd')} | {ratio(c, 'torch_csr', 'fwd')} | "
+            f"{mb['median_ms']:.3f} | {ratio(c, 'dense', 'fwd+bwd')} | {rg_s} | "
+            f"{mf['backend']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="one small CPU case (seconds)")
+    p.add_argument("--tokens", type=int, help="override the token count")
+    p.add_argument("--sizes", type=int, nargs="*", help="override n = k")
+    p.add_argument("--blocks", type=int, nargs="*", help="override block sizes")
+    p.add_argument("--sparsities", type=float, nargs="*", help="override block sparsities")
+    p.add_argument("--dtypes", nargs="*", help="override dtypes, e.g. bfloat16 float32")
+    p.add_argument("--out", help="records file (default bench/results/block_sparse.jsonl)")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    tokens, sizes, blocks, sparsities, dtypes = GRIDS[
+        "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")]
+    tokens = args.tokens or tokens
+    sizes, blocks = args.sizes or sizes, args.blocks or blocks
+    sparsities = args.sparsities or sparsities
+    dtypes = [getattr(torch, d) for d in args.dtypes] if args.dtypes else dtypes
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 for every impl
+    rec = Recorder("block_sparse", args.device, args.out)
+    cases = [(d, n, b, s) for d in dtypes for n in sizes for b in blocks for s in sparsities]
+    print(f"block_sparse benchmark on {rec.common['device']} ({len(cases)} cases, {tokens} "
+          f"tokens), run_id {rec.common['run_id']}", flush=True)
+    for i, (dtype, n, b, s) in enumerate(cases, 1):
+        print(f"  [{i}/{len(cases)}] {str(dtype).replace('torch.', '')} n=k={n} block={b} "
+              f"sparsity={s}", flush=True)
+        bench_case(rec, args.device, tokens, n, b, s, dtype)
+    print(summarize(rec.records))
+    print(f"records: {rec.path}")
+
+
+if __name__ == "__main__":
+    main()
