@@ -14,12 +14,21 @@
 
 namespace morpho {
 
+std::string shape_str(const at::Tensor& t) {
+  std::string out = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (d) out += ", ";
+    out += std::to_string(t.size(d));
+  }
+  return out + "]";
+}
+
 void check_masked_weight_args(const at::Tensor& weight, const at::Tensor& mask_logits,
                               const at::Tensor& temperature, at::DeviceType device) {
   TORCH_CHECK(weight.dim() == 2, "morpho: weight must be 2-D (out, in), got ", weight.dim(),
               " dims");
   TORCH_CHECK(mask_logits.sizes() == weight.sizes(), "morpho: mask_logits shape ",
-              mask_logits.sizes(), " must equal weight shape ", weight.sizes());
+              shape_str(mask_logits), " must equal weight shape ", shape_str(weight));
   TORCH_CHECK(mask_logits.scalar_type() == weight.scalar_type(),
               "morpho: mask_logits dtype ", mask_logits.scalar_type(),
               " must equal weight dtype ", weight.scalar_type());

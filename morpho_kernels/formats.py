@@ -245,8 +245,8 @@ class BlockSparseLayout:
         if drop == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
         with torch.no_grad():
-            if drop_scores is None:
-                drop_scores = values.float().square().sum(dim=(1, 2))
+            if drop_scores is None:  # one reduction kernel, fp32 accumulation
+                drop_scores = torch.linalg.vector_norm(values, dim=(1, 2), dtype=torch.float32)
             elif drop_scores.shape != (self.capacity,):
                 raise ValueError(f"drop_scores must have shape ({self.capacity},)")
             slots = torch.topk(_finite(drop_scores.float()), drop, largest=False).indices

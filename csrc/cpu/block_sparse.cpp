@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../block_sparse.h"
+#include "../morpho.h"
 
 namespace morpho {
 namespace {
@@ -190,7 +191,7 @@ at::Tensor bs_dsd_cpu(const at::Tensor& a, const at::Tensor& vmat, const at::Ten
                       const std::optional<at::Tensor>& bias) {
   TORCH_CHECK(a.device().is_cpu() && a.dim() == 2, "morpho: a must be a 2-D CPU tensor");
   TORCH_CHECK(vmat.dim() == 3 && vmat.size(1) == vmat.size(2) && vmat.is_contiguous(),
-              "morpho: vmat must be a contiguous (C, B, B) tensor, got ", vmat.sizes());
+              "morpho: vmat must be a contiguous (C, B, B) tensor, got ", shape_str(vmat));
   TORCH_CHECK(a.scalar_type() == vmat.scalar_type() &&
                   (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
               "morpho: bs_dsd takes float32 or float64 a and vmat of one dtype");

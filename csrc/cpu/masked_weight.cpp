@@ -146,8 +146,8 @@ std::tuple<at::Tensor, at::Tensor> masked_weight_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& mask_logits,
                                                               const at::Tensor& temperature) {
   check_masked_weight_args(weight, mask_logits, temperature, at::kCPU);
-  TORCH_CHECK(grad.sizes() == weight.sizes(), "morpho: grad shape ", grad.sizes(),
-              " must equal weight shape ", weight.sizes());
+  TORCH_CHECK(grad.sizes() == weight.sizes(), "morpho: grad shape ", shape_str(grad),
+              " must equal weight shape ", shape_str(weight));
   TORCH_CHECK(grad.device().is_cpu(), "morpho: grad must be a CPU tensor");
   const double t = temperature_value(temperature);
   auto g = grad.to(weight.scalar_type()).contiguous();

@@ -18,6 +18,8 @@ fp16 are upcast before tl.dot (the interpreter's low-precision dot is wrong, DES
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -26,13 +28,16 @@ from .masked_linear import INTERPRET, _flags, _on_device
 
 
 def _prune(dim: str):
-    """Keep configs whose `dim` fits the block size B; under the interpreter only the largest."""
+    """Keep configs whose `dim` fits the block size B; under the interpreter only the largest,
+    and with MORPHO_AUTOTUNE=0 only the first that fits (no benchmarking, e.g. in tests)."""
 
     def prune(configs, named_args, **kwargs):
         b = kwargs.get("B", named_args.get("B"))
         ok = [c for c in configs if c.kwargs[dim] <= b]
         if INTERPRET:
             return [max(ok, key=lambda c: c.kwargs[dim])]
+        if os.environ.get("MORPHO_AUTOTUNE", "1") == "0":
+            return ok[:1]
         return ok
 
     return {"early_config_prune": prune}
@@ -45,11 +50,13 @@ def _dsd_configs() -> list:
         triton.Config({"BLOCK_M": bm, "BLOCK_R": br}, num_warps=w, num_stages=s)
         for bm, br, w, s in [
             (128, 64, 8, 3),
+            (128, 64, 4, 4),
+            (256, 64, 8, 3),
+            (128, 128, 8, 3),
             (128, 32, 4, 4),
             (64, 64, 4, 4),
             (64, 32, 4, 4),
             (64, 16, 4, 4),
-            (128, 128, 8, 2),
         ]
     ]
 
@@ -73,7 +80,7 @@ def _sdd_configs() -> list:
 @triton.autotune(configs=_dsd_configs(), key=["M", "P", "B"], prune_configs_by=_prune("BLOCK_R"))
 @triton.jit
 def _bs_dsd_kernel(
-    a_ptr, v_ptr, ptr_ptr, order_ptr, idx_ptr, bias_ptr, c_ptr,  # pointers
+    a_ptr, v_ptr, ptr_ptr, order_ptr, sidx_ptr, bias_ptr, c_ptr,  # pointers
     M, P,  # sizes: rows of A and C, columns of C
     stride_am, stride_ar, stride_cm, stride_cp, stride_vr, stride_vp,  # strides
     HAS_BIAS: tl.constexpr, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -93,7 +100,7 @@ def _bs_dsd_kernel(
         j = i // SPLIT
         sub = i - j * SPLIT
         s = tl.load(order_ptr + j).to(tl.int64)  # slot of the j-th block of this output block
-        q = tl.load(idx_ptr + s).to(tl.int64)  # its block index along the reduction
+        q = tl.load(sidx_ptr + j).to(tl.int64)  # its block index along the reduction
         r_off = q * B + sub * BLOCK_R + offs_r  # (BLOCK_R,) columns of A
         a = tl.load(a_ptr + offs_m[:, None] * stride_am + r_off[None, :] * stride_ar,
                     mask=m_mask[:, None], other=0.0)
@@ -169,12 +176,15 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     if m == 0 or p == 0:
         return c
     values = values.contiguous()
+    # idx in walk order (one small gather): the loop then loads order[j] and sidx[j] side by
+    # side instead of idx[order[j]], a dependent chain the software pipeliner cannot hoist
+    sidx = idx.index_select(0, order.long()) if order.numel() else idx
     bias = bias.contiguous() if bias is not None else None
     svr, svp = (1, b) if transpose else (b, 1)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), n_out_blocks)
     with _on_device(a):
         _bs_dsd_kernel[grid](
-            a, values, ptr, order, idx, bias if bias is not None else c, c,
+            a, values, ptr, order, sidx, bias if bias is not None else c, c,
             m, p,
             a.stride(0), a.stride(1), c.stride(0), c.stride(1), svr, svp,
             HAS_BIAS=bias is not None, B=b, **_flags(a.dtype),
