@@ -27,8 +27,9 @@ def extrema_stats(x: Tensor, low: float, high: float):
     outer, c, inner = x.shape
     dims = (0, 2)
     count = torch.tensor(outer * inner, dtype=torch.int64, device=x.device)
-    below = (x < low).sum(dims)
-    above = (x > high).sum(dims)
+    xd = x.double()  # thresholds compared exactly (x < low in bf16 would round low to bf16)
+    below = (xd < low).sum(dims)
+    above = (xd > high).sum(dims)
     if outer * inner == 0:
         full = torch.full((c,), float("inf"), device=x.device)
         return below, above, torch.full_like(full, float("nan")), full, -full, count

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../graph.h"
@@ -65,9 +66,19 @@ MORPHO_CLONES void columns_f32(const float* __restrict x, int64_t C, int64_t r0,
   }
 }
 
-template <typename scalar_t>
-void columns_generic(const scalar_t* x, int64_t C, int64_t r0, int64_t r1, float low, float high,
-                     Partials& p) {
+// Thresholds in the comparison type T such that, for any value v of T, v < low_t ⟺ v < low and
+// v > high_t ⟺ v > high exactly (low rounded up, high rounded down), as the float64 truth says.
+template <typename T>
+std::pair<T, T> exact_thresholds(double low, double high) {
+  T lo = static_cast<T>(low), hi = static_cast<T>(high);
+  if (static_cast<double>(lo) < low) lo = std::nextafter(lo, std::numeric_limits<T>::infinity());
+  if (static_cast<double>(hi) > high) hi = std::nextafter(hi, -std::numeric_limits<T>::infinity());
+  return {lo, hi};
+}
+
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void columns_generic(const scalar_t* x, int64_t C, int64_t r0, int64_t r1, opmath_t low,
+                     opmath_t high, Partials& p) {
   for (int64_t c0 = 0; c0 < C; c0 += kColChunk) {
     const int64_t cn = std::min(kColChunk, C - c0);
     for (int64_t r = r0; r < r1; ++r) {
@@ -87,8 +98,8 @@ void columns_generic(const scalar_t* x, int64_t C, int64_t r0, int64_t r1, float
 }
 
 // One contiguous run of `n` elements of channel c (the N×C×H×W case).
-template <typename scalar_t>
-void run_into(const scalar_t* xr, int64_t n, int64_t c, float low, float high, Partials& p) {
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void run_into(const scalar_t* xr, int64_t n, int64_t c, opmath_t low, opmath_t high, Partials& p) {
   int64_t lo = 0, hi = 0, nan = 0;
   double s = 0.0;
   float mn = std::numeric_limits<float>::infinity(), mx = -mn;
@@ -112,8 +123,10 @@ void run_into(const scalar_t* xr, int64_t n, int64_t c, float low, float high, P
 }
 
 template <typename scalar_t>
-void reduce(const scalar_t* x, int64_t outer, int64_t C, int64_t inner, float low, float high,
-            std::vector<Partials>& parts) {
+void reduce(const scalar_t* x, int64_t outer, int64_t C, int64_t inner, double low_d,
+            double high_d, std::vector<Partials>& parts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const auto [low, high] = exact_thresholds<opmath_t>(low_d, high_d);
   if (inner == 1) {
     // Rows split across threads; ≥ 64 rows per task so each thread streams a long range.
     at::parallel_for(0, outer, 64, [&](int64_t r0, int64_t r1) {
@@ -122,7 +135,7 @@ void reduce(const scalar_t* x, int64_t outer, int64_t C, int64_t inner, float lo
         columns_f32(x, C, r0, r1, low, high, p.lo.data(), p.hi.data(), p.sum.data(), p.mn.data(),
                     p.mx.data());
       } else {
-        columns_generic(x, C, r0, r1, low, high, p);
+        columns_generic<scalar_t>(x, C, r0, r1, low, high, p);
       }
     });
     return;
@@ -130,7 +143,9 @@ void reduce(const scalar_t* x, int64_t outer, int64_t C, int64_t inner, float lo
   const int64_t grain = std::max<int64_t>(1, 32768 / inner);
   at::parallel_for(0, outer * C, grain, [&](int64_t b, int64_t e) {
     Partials& p = parts[at::get_thread_num()];
-    for (int64_t oc = b; oc < e; ++oc) run_into(x + oc * inner, inner, oc % C, low, high, p);
+    for (int64_t oc = b; oc < e; ++oc) {
+      run_into<scalar_t>(x + oc * inner, inner, oc % C, low, high, p);
+    }
   });
 }
 
@@ -144,8 +159,7 @@ ExtremaOut extrema_stats_cpu(const at::Tensor& x_in, double low, double high) {
   parts.reserve(at::get_num_threads());
   for (int i = 0; i < at::get_num_threads(); ++i) parts.emplace_back(C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "extrema_stats", [&] {
-    reduce<scalar_t>(x.const_data_ptr<scalar_t>(), outer, C, inner, static_cast<float>(low),
-                     static_cast<float>(high), parts);
+    reduce<scalar_t>(x.const_data_ptr<scalar_t>(), outer, C, inner, low, high, parts);
   });
   auto i64 = at::TensorOptions().dtype(at::kLong);
   auto f32 = at::TensorOptions().dtype(at::kFloat);

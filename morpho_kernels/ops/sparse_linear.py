@@ -134,8 +134,7 @@ def _sparse_linear_backward_op(grad_out: Tensor, x: Tensor, row_ptr: Tensor, col
     """(dx, dvalues, dbias); a gradient not asked for comes back empty."""
     n, k = row_ptr.numel() - 1, x.shape[-1]
     x2, g2 = x.reshape(-1, k), grad_out.reshape(-1, n)  # (T, K), (T, N)
-    empty = grad_out.new_empty(0)
-    dx = dv = db = empty
+    dx, dv, db = (grad_out.new_empty(0) for _ in range(3))  # distinct: outputs may not alias
     if DISPATCH.choose(_spec(x2, row_ptr, col)) == "ext":
         ops = _ext.ops()
         gt = g2.t().contiguous()  # (N, T)

@@ -1,0 +1,188 @@
+"""SparseLinear: a linear layer whose weight is an EdgeList plus one value per slot, executed by
+morpho_kernels.sparse_linear (work ∝ live connections), with structural edits (grow / prune)
+that keep optimizer state aligned with the edges. Re-exported from morpho_kernels.nn."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from .ops.edges import EdgeList, EdgeUpdate, InsertReport, insert_connections, remove_connections
+from .ops.sparse_linear import dense_grad_at, sparse_linear
+
+
+class SparseLinear(nn.Module):
+    """``y = x Wᵀ + b`` with W stored as connections (CSR by destination) and their values.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as ``nn.Linear``.
+        density: fraction of the ``out × in`` connections present at start, chosen at random
+            (ignored when ``edges`` is given).
+        edges: an explicit EdgeList (its capacity sets the values' length).
+        capacity: spare slots to reserve (at least the number of edges).
+
+    Buffers ``row_ptr`` and ``col`` hold the structure (saved in the state dict); the parameter
+    ``values`` has one entry per slot (spare slots are 0 and get gradient 0). Values start
+    uniform in ±1/sqrt(in_features) like ``nn.Linear``.
+
+    Set ``keep_for_growth = True`` to keep the last input and output gradient, for
+    :meth:`dense_grad_at` (the gradient at absent connections, as RigL ranks them).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 dtype=None, density: float = 0.01, edges: Optional[EdgeList] = None,
+                 capacity: Optional[int] = None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must be in [0, 1], got {density}")
+        self.in_features, self.out_features = in_features, out_features
+        if edges is None:
+            n = round(density * in_features * out_features)
+            keys = torch.randperm(in_features * out_features, device=device)[:n]
+            edges = EdgeList.from_coo(keys % max(in_features, 1), keys // max(in_features, 1),
+                                      in_features, out_features, capacity)
+        elif (edges.in_features, edges.out_features) != (in_features, out_features):
+            raise ValueError(f"edges are {edges.out_features}x{edges.in_features}, expected "
+                             f"{out_features}x{in_features}")
+        elif capacity is not None and capacity > edges.capacity:
+            edges = EdgeList.from_coo(*edges.to_coo(), in_features, out_features, capacity)
+        edges = edges.to(device) if device is not None else edges
+        self.register_buffer("row_ptr", edges.row_ptr)
+        self.register_buffer("col", edges.col)
+        self._edges_cache: Optional[EdgeList] = edges
+        self.values = nn.Parameter(torch.zeros(edges.capacity, device=device, dtype=dtype))
+        self.bias = (nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+                     if bias else None)
+        self.keep_for_growth = False
+        self._x: Optional[Tensor] = None
+        self._dy: Optional[Tensor] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
+        with torch.no_grad():
+            live = self.edges.dst_index() < self.out_features
+            self.values.uniform_(-bound, bound).mul_(live)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    # -- structure
+    @property
+    def edges(self) -> EdgeList:
+        """The EdgeList of the current buffers (cached; rebuilt after .to() or a state load)."""
+        c = self._edges_cache
+        if c is None or c.row_ptr is not self.row_ptr or c.col is not self.col:
+            c = self._edges_cache = EdgeList(self.row_ptr, self.col, self.in_features,
+                                             validate=False)
+        return c
+
+    @property
+    def nnz(self) -> int:
+        return self.edges.nnz
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"nnz={self.nnz}, capacity={self.col.numel()}, bias={self.bias is not None}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = sparse_linear(x, self.edges, self.values, self.bias)
+        if self.keep_for_growth and y.requires_grad:
+            self._x = x.detach()
+            y.register_hook(self._keep_grad)
+        return y
+
+    def _keep_grad(self, g: Tensor) -> None:
+        self._dy = g.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A saved layer may have grown: take its capacity before the shape check.
+        col, values = state_dict.get(prefix + "col"), state_dict.get(prefix + "values")
+        if col is not None and col.shape != self.col.shape:
+            self.col = torch.empty_like(col, device=self.col.device)
+        if values is not None and values.shape != self.values.shape:
+            self.values.data = self.values.new_empty(values.shape)
+        self._edges_cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- conversion
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, density: float,
+                    capacity: Optional[int] = None) -> "SparseLinear":
+        """Keep the ``density`` fraction of ``linear``'s weights of largest magnitude."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        if not 0.0 <= density <= 1.0:
+            raise ValueError(f"density must be in [0, 1], got {density}")
+        w = linear.weight.detach()
+        n = round(density * w.numel())
+        keep = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+        keep[torch.topk(w.abs().flatten(), n).indices] = True
+        edges = EdgeList.from_dense(keep.view_as(w), capacity)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                    device=w.device, dtype=w.dtype, edges=edges)
+        with torch.no_grad():
+            dst, src = keep.view_as(w).nonzero(as_tuple=True)  # same (dst, src) order as slots
+            layer.values.zero_()
+            layer.values[:n] = w[dst, src]
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def to_linear(self) -> nn.Linear:
+        """A dense ``nn.Linear`` with the same outputs."""
+        lin = nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                        device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(self.edges.to_dense(self.values.detach()))
+            if self.bias is not None:
+                lin.bias.copy_(self.bias.detach())
+        return lin
+
+    # -- structural edits
+    def _apply_update(self, upd: EdgeUpdate, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        old_cap = self.values.numel()
+        if optimizer is not None:
+            state = optimizer.state.get(self.values)
+            for key, t in list((state or {}).items()):
+                if isinstance(t, Tensor) and t.shape == (old_cap,):
+                    state[key] = upd.remap(t)  # moments of new slots start at 0
+        with torch.no_grad():
+            self.values.data = upd.values.to(self.values.dtype)
+            if self.values.grad is not None:
+                self.values.grad = upd.remap(self.values.grad)
+        self.row_ptr, self.col = upd.edges.row_ptr, upd.edges.col
+        self._edges_cache = upd.edges
+
+    def grow(self, src: Tensor, dst: Tensor, init_values: Union[Tensor, float] = 0.0,
+             max_fan_in: Optional[int] = None, max_fan_out: Optional[int] = None,
+             optimizer: Optional[torch.optim.Optimizer] = None) -> InsertReport:
+        """Insert connections src → dst (see morpho_kernels.insert_connections); values, their
+        gradient and the optimizer's per-value state (Adam/AdamW moments, SGD momentum) move
+        with their edges, new slots start at ``init_values`` with zero state."""
+        if isinstance(init_values, Tensor):
+            init_values = init_values.to(self.values.dtype)
+        upd = insert_connections(self.edges, src, dst, init_values, max_fan_in, max_fan_out,
+                                 values=self.values.detach())
+        self._apply_update(upd, optimizer)
+        return upd.report
+
+    def prune(self, mask_or_indices: Tensor,
+              optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+        """Remove connections by slot (bool mask, True = remove, or slot indices); returns how
+        many were removed. The capacity (values' length) is kept."""
+        upd = remove_connections(self.edges, mask_or_indices, values=self.values.detach())
+        self._apply_update(upd, optimizer)
+        return upd.removed
+
+    def dense_grad_at(self, src: Tensor, dst: Tensor) -> Tensor:
+        """∂L/∂W at (dst[i], src[i]) from the last forward / backward (``keep_for_growth``)."""
+        if self._x is None or self._dy is None:
+            raise RuntimeError("dense_grad_at needs keep_for_growth = True and a forward and "
+                               "backward pass first")
+        return dense_grad_at(self._x, self._dy, src, dst)
