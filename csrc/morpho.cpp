@@ -25,18 +25,18 @@ std::string shape_str(const at::Tensor& t) {
 
 void check_masked_weight_args(const at::Tensor& weight, const at::Tensor& mask_logits,
                               const at::Tensor& temperature, at::DeviceType device) {
-  TORCH_CHECK(weight.dim() == 2, "morpho: weight must be 2-D (out, in), got ", weight.dim(),
+  MORPHO_CHECK(weight.dim() == 2, "morpho: weight must be 2-D (out, in), got ", weight.dim(),
               " dims");
-  TORCH_CHECK(mask_logits.sizes() == weight.sizes(), "morpho: mask_logits shape ",
+  MORPHO_CHECK(mask_logits.sizes() == weight.sizes(), "morpho: mask_logits shape ",
               shape_str(mask_logits), " must equal weight shape ", shape_str(weight));
-  TORCH_CHECK(mask_logits.scalar_type() == weight.scalar_type(),
+  MORPHO_CHECK(mask_logits.scalar_type() == weight.scalar_type(),
               "morpho: mask_logits dtype ", mask_logits.scalar_type(),
               " must equal weight dtype ", weight.scalar_type());
-  TORCH_CHECK(weight.device().type() == device && mask_logits.device() == weight.device(),
+  MORPHO_CHECK(weight.device().type() == device && mask_logits.device() == weight.device(),
               "morpho: weight and mask_logits must be on the same ", device, " device");
-  TORCH_CHECK(temperature.numel() == 1 && at::isFloatingType(temperature.scalar_type()),
+  MORPHO_CHECK(temperature.numel() == 1 && at::isFloatingType(temperature.scalar_type()),
               "morpho: temperature must be a floating tensor with one element");
-  TORCH_CHECK(temperature.device() == weight.device(),
+  MORPHO_CHECK(temperature.device() == weight.device(),
               "morpho: temperature must be on the weight's device ", weight.device(), ", got ",
               temperature.device());
 }

@@ -174,13 +174,13 @@ void sdd_dispatch(int64_t block, const SddArgs& p, int64_t s0, int64_t s1) {
 }
 
 void check_index(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kInt && t.dim() == 1 &&
+  MORPHO_CHECK(t.device().is_cpu() && t.scalar_type() == at::kInt && t.dim() == 1 &&
                   t.is_contiguous(),
               "morpho: ", name, " must be a contiguous 1-D int32 CPU tensor");
 }
 
 void check_block(int64_t block) {
-  TORCH_CHECK(block == 16 || block == 32 || block == 64 || block == 128,
+  MORPHO_CHECK(block == 16 || block == 32 || block == 64 || block == 128,
               "morpho: block size must be 16, 32, 64 or 128, got ", block);
 }
 
@@ -189,10 +189,10 @@ void check_block(int64_t block) {
 at::Tensor bs_dsd_cpu(const at::Tensor& a, const at::Tensor& vmat, const at::Tensor& ptr,
                       const at::Tensor& order, const at::Tensor& idx, int64_t n_out_blocks,
                       const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(a.device().is_cpu() && a.dim() == 2, "morpho: a must be a 2-D CPU tensor");
-  TORCH_CHECK(vmat.dim() == 3 && vmat.size(1) == vmat.size(2) && vmat.is_contiguous(),
+  MORPHO_CHECK(a.device().is_cpu() && a.dim() == 2, "morpho: a must be a 2-D CPU tensor");
+  MORPHO_CHECK(vmat.dim() == 3 && vmat.size(1) == vmat.size(2) && vmat.is_contiguous(),
               "morpho: vmat must be a contiguous (C, B, B) tensor, got ", shape_str(vmat));
-  TORCH_CHECK(a.scalar_type() == vmat.scalar_type() &&
+  MORPHO_CHECK(a.scalar_type() == vmat.scalar_type() &&
                   (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
               "morpho: bs_dsd takes float32 or float64 a and vmat of one dtype");
   check_index(ptr, "ptr");
@@ -200,16 +200,16 @@ at::Tensor bs_dsd_cpu(const at::Tensor& a, const at::Tensor& vmat, const at::Ten
   check_index(idx, "idx");
   const int64_t block = vmat.size(1);
   check_block(block);
-  TORCH_CHECK(ptr.numel() == n_out_blocks + 1, "morpho: ptr must have n_out_blocks + 1 = ",
+  MORPHO_CHECK(ptr.numel() == n_out_blocks + 1, "morpho: ptr must have n_out_blocks + 1 = ",
               n_out_blocks + 1, " entries, got ", ptr.numel());
-  TORCH_CHECK(order.numel() == vmat.size(0) && idx.numel() == vmat.size(0),
+  MORPHO_CHECK(order.numel() == vmat.size(0) && idx.numel() == vmat.size(0),
               "morpho: order and idx must have one entry per slot (", vmat.size(0), ")");
-  TORCH_CHECK(a.size(1) % block == 0, "morpho: a's columns (", a.size(1),
+  MORPHO_CHECK(a.size(1) % block == 0, "morpho: a's columns (", a.size(1),
               ") must be a multiple of the block size ", block);
   const at::Tensor ac = a.stride(1) == 1 ? a : a.contiguous();
   at::Tensor bc;
   if (bias.has_value()) {
-    TORCH_CHECK(bias->numel() == n_out_blocks * block && bias->scalar_type() == a.scalar_type(),
+    MORPHO_CHECK(bias->numel() == n_out_blocks * block && bias->scalar_type() == a.scalar_type(),
                 "morpho: bias must have n_out_blocks·B elements of a's dtype");
     bc = bias->contiguous();
   }
@@ -238,15 +238,15 @@ at::Tensor bs_dsd_cpu(const at::Tensor& a, const at::Tensor& vmat, const at::Ten
 at::Tensor bs_sdd_cpu(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& rows,
                       const at::Tensor& cols, int64_t block) {
   check_block(block);
-  TORCH_CHECK(grad_out.device().is_cpu() && x.device().is_cpu() && grad_out.dim() == 2 &&
+  MORPHO_CHECK(grad_out.device().is_cpu() && x.device().is_cpu() && grad_out.dim() == 2 &&
                   x.dim() == 2 && grad_out.size(0) == x.size(0),
               "morpho: grad_out (M, N) and x (M, K) must be 2-D CPU tensors with equal M");
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() &&
+  MORPHO_CHECK(grad_out.scalar_type() == x.scalar_type() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "morpho: bs_sdd takes float32 or float64 grad_out and x of one dtype");
   check_index(rows, "rows");
   check_index(cols, "cols");
-  TORCH_CHECK(rows.numel() == cols.numel(), "morpho: rows and cols must have equal length");
+  MORPHO_CHECK(rows.numel() == cols.numel(), "morpho: rows and cols must have equal length");
   const at::Tensor gc = grad_out.stride(1) == 1 ? grad_out : grad_out.contiguous();
   const at::Tensor xc = x.stride(1) == 1 ? x : x.contiguous();
   const int64_t cap = rows.numel();

@@ -51,7 +51,7 @@ inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
 double temperature_value(const at::Tensor& temperature) {
   const double t = temperature.item<double>();
-  TORCH_CHECK(std::isfinite(t) && t > 0.0, "morpho: temperature must be finite and > 0, got ", t);
+  MORPHO_CHECK(std::isfinite(t) && t > 0.0, "morpho: temperature must be finite and > 0, got ", t);
   return t;
 }
 
@@ -146,9 +146,9 @@ std::tuple<at::Tensor, at::Tensor> masked_weight_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& mask_logits,
                                                               const at::Tensor& temperature) {
   check_masked_weight_args(weight, mask_logits, temperature, at::kCPU);
-  TORCH_CHECK(grad.sizes() == weight.sizes(), "morpho: grad shape ", shape_str(grad),
+  MORPHO_CHECK(grad.sizes() == weight.sizes(), "morpho: grad shape ", shape_str(grad),
               " must equal weight shape ", shape_str(weight));
-  TORCH_CHECK(grad.device().is_cpu(), "morpho: grad must be a CPU tensor");
+  MORPHO_CHECK(grad.device().is_cpu(), "morpho: grad must be a CPU tensor");
   const double t = temperature_value(temperature);
   auto g = grad.to(weight.scalar_type()).contiguous();
   auto w = weight.contiguous();

@@ -80,9 +80,9 @@ std::tuple<at::Tensor, at::Tensor> masked_weight_backward_cuda(const at::Tensor&
                                                                const at::Tensor& mask_logits,
                                                                const at::Tensor& temperature) {
   check_masked_weight_args(weight, mask_logits, temperature, at::kCUDA);
-  TORCH_CHECK(grad.sizes() == weight.sizes(), "morpho: grad shape ", shape_str(grad),
+  MORPHO_CHECK(grad.sizes() == weight.sizes(), "morpho: grad shape ", shape_str(grad),
               " must equal weight shape ", shape_str(weight));
-  TORCH_CHECK(grad.device() == weight.device(), "morpho: grad must be on the weight's device");
+  MORPHO_CHECK(grad.device() == weight.device(), "morpho: grad must be on the weight's device");
   const c10::cuda::CUDAGuard guard(weight.device());
   auto g = grad.to(weight.scalar_type()).contiguous();
   auto w = weight.contiguous();
