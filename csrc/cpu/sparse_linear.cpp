@@ -54,6 +54,21 @@ inline v16f load16(const float* p) {
   return v;
 }
 
+// NV·16 tokens of one row with the accumulators in registers (NV <= 3: the ragged tile).
+template <int NV>
+__attribute__((always_inline)) inline void row_vectors(const float* xt, int64_t rs, int64_t e0,
+                                                       int64_t e1, const int64_t* col,
+                                                       const float* v, float init, float* out) {
+  v16f a[NV];
+  for (int k = 0; k < NV; ++k) a[k] = v16f{} + init;
+  for (int64_t e = e0; e < e1; ++e) {
+    const float w = v[e];
+    const float* xr = xt + col[e] * rs;
+    for (int k = 0; k < NV; ++k) a[k] += w * load16(xr + 16 * k);
+  }
+  for (int k = 0; k < NV; ++k) std::memcpy(out + 16 * k, &a[k], sizeof(v16f));
+}
+
 // xᵀ is (K, T) (row stride T, tile stride kTile) or tile-major (T / kTile, K, kTile) (row
 // stride kTile, tile stride K·kTile); the latter keeps a tile's slice of xᵀ contiguous.
 MORPHO_CLONES void rows_f32(const float* xt, int64_t T, int64_t rs, int64_t ts, const int64_t* rp,
@@ -84,13 +99,22 @@ MORPHO_CLONES void rows_f32(const float* xt, int64_t T, int64_t rs, int64_t ts, 
       std::memcpy(out + 48, &a3, sizeof(a3));
     }
   }
-  if (t0 < T) {  // ragged last tile (the (K, T) layout only)
-    alignas(64) float acc[kTile];
-    const int64_t tn = T - t0;
-    for (int64_t r = r0; r < r1; ++r) {
-      row_tile<float, float, 0>(xt + t0, rs, rp[r], rp[r + 1], col, v, bias ? bias[r] : 0.0f, acc,
-                                tn);
-      std::memcpy(yt + r * T + t0, acc, tn * sizeof(float));
+  if (t0 == T) return;
+  // Ragged last tile (the (K, T) layout only): 16-token vectors in registers, then scalars.
+  const int64_t tn = T - t0, nv = tn / 16, rest = tn - nv * 16;
+  alignas(64) float acc[16];
+  for (int64_t r = r0; r < r1; ++r) {
+    const float init = bias ? bias[r] : 0.0f;
+    float* out = yt + r * T + t0;
+    switch (nv) {
+      case 3: row_vectors<3>(xt + t0, rs, rp[r], rp[r + 1], col, v, init, out); break;
+      case 2: row_vectors<2>(xt + t0, rs, rp[r], rp[r + 1], col, v, init, out); break;
+      case 1: row_vectors<1>(xt + t0, rs, rp[r], rp[r + 1], col, v, init, out); break;
+      default: break;
+    }
+    if (rest) {
+      row_tile<float, float, 0>(xt + t0 + nv * 16, rs, rp[r], rp[r + 1], col, v, init, acc, rest);
+      std::memcpy(out + nv * 16, acc, rest * sizeof(float));
     }
   }
 }
