@@ -28,7 +28,6 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Recorder, peak_mem_mb, time_ms  # noqa: E402
 
-import morpho_kernels as mk  # noqa: E402
 from morpho_kernels.nn import BlockSparseLinear  # noqa: E402
 from morpho_kernels.ops.block_sparse_linear import DISPATCH  # noqa: E402
 
