@@ -32,6 +32,11 @@ inline void msg_append(std::string& s, const char* v) { s += v; }
 inline void msg_append(std::string& s, c10::DeviceType v) { s += c10::DeviceTypeName(v, true); }
 inline void msg_append(std::string& s, const c10::Device& v) { s += v.str(); }
 inline void msg_append(std::string& s, c10::ScalarType v) { s += c10::toString(v); }
+inline void msg_append(std::string& s, c10::IntArrayRef v) {
+  s += "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  s += "]";
+}
 template <typename T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
 inline void msg_append(std::string& s, T v) {
   s += std::to_string(v);
