@@ -5,6 +5,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "morpho.h"  // MORPHO_CHECK: check messages without iostreams (see there)
+
 #include <tuple>
 
 namespace morpho {

@@ -88,15 +88,15 @@ InsertOut insert_connections_cpu(const at::Tensor& row_ptr_in, const at::Tensor&
   const int64_t* src = src_t.const_data_ptr<int64_t>();
   const int64_t* dst = dst_t.const_data_ptr<int64_t>();
   const int64_t E = rp[N];
-  TORCH_CHECK(rp[0] == 0 && E >= 0 && E <= cap, "morpho: row_ptr must start at 0 and end at nnz <= ",
+  MORPHO_CHECK(rp[0] == 0 && E >= 0 && E <= cap, "morpho: row_ptr must start at 0 and end at nnz <= ",
               "capacity (", cap, "), got ", rp[0], " .. ", E);
-  TORCH_CHECK(N == 0 || n_src == 0 || N <= (int64_t(1) << 62) / n_src,
+  MORPHO_CHECK(N == 0 || n_src == 0 || N <= (int64_t(1) << 62) / n_src,
               "morpho: n_dst * n_src overflows int64");
   std::vector<uint64_t> keys(C);
   for (int64_t i = 0; i < C; ++i) {
-    TORCH_CHECK(src[i] >= 0 && src[i] < n_src, "morpho: src[", i, "] = ", src[i],
+    MORPHO_CHECK(src[i] >= 0 && src[i] < n_src, "morpho: src[", i, "] = ", src[i],
                 " out of range [0, ", n_src, ")");
-    TORCH_CHECK(dst[i] >= 0 && dst[i] < N, "morpho: dst[", i, "] = ", dst[i], " out of range [0, ",
+    MORPHO_CHECK(dst[i] >= 0 && dst[i] < N, "morpho: dst[", i, "] = ", dst[i], " out of range [0, ",
                 N, ")");
     keys[i] = static_cast<uint64_t>(dst[i] * n_src + src[i]);
   }

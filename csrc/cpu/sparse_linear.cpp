@@ -200,7 +200,7 @@ at::Tensor sparse_linear_t_cpu(const at::Tensor& xt_in, const at::Tensor& row_pt
   if (N == 0 || T == 0) return yt;
   const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
   const int64_t* cp = col.const_data_ptr<int64_t>();
-  TORCH_CHECK(rp[0] == 0 && rp[N] <= col.numel(), "morpho: row_ptr must run from 0 to nnz <= ",
+  MORPHO_CHECK(rp[0] == 0 && rp[N] <= col.numel(), "morpho: row_ptr must run from 0 to nnz <= ",
               col.numel());
   const int64_t grain = row_grain(N, rp[N], T);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xt.scalar_type(), "sparse_linear", [&] {
@@ -217,12 +217,12 @@ at::Tensor sparse_linear_t_cpu(const at::Tensor& xt_in, const at::Tensor& row_pt
 
 at::Tensor sparse_linear_dvalues_cpu(const at::Tensor& dyt_in, const at::Tensor& xt_in,
                                      const at::Tensor& row_ptr_in, const at::Tensor& col_in) {
-  TORCH_CHECK(dyt_in.dim() == 2 && xt_in.dim() == 2 && dyt_in.size(1) == xt_in.size(1),
+  MORPHO_CHECK(dyt_in.dim() == 2 && xt_in.dim() == 2 && dyt_in.size(1) == xt_in.size(1),
               "morpho: dyt (N, T) and xt (K, T) must be 2-D with the same token count");
-  TORCH_CHECK(dyt_in.scalar_type() == xt_in.scalar_type(), "morpho: dyt and xt dtypes differ");
-  TORCH_CHECK(dyt_in.device().is_cpu() && xt_in.device().is_cpu() && row_ptr_in.device().is_cpu() &&
+  MORPHO_CHECK(dyt_in.scalar_type() == xt_in.scalar_type(), "morpho: dyt and xt dtypes differ");
+  MORPHO_CHECK(dyt_in.device().is_cpu() && xt_in.device().is_cpu() && row_ptr_in.device().is_cpu() &&
               col_in.device().is_cpu(), "morpho: sparse_linear_dvalues tensors must be on CPU");
-  TORCH_CHECK(row_ptr_in.numel() == dyt_in.size(0) + 1 && row_ptr_in.scalar_type() == at::kLong &&
+  MORPHO_CHECK(row_ptr_in.numel() == dyt_in.size(0) + 1 && row_ptr_in.scalar_type() == at::kLong &&
               col_in.scalar_type() == at::kLong, "morpho: row_ptr must be int64 with N + 1 "
               "entries and col int64");
   auto dyt = dyt_in.contiguous(), xt = xt_in.contiguous();
@@ -232,7 +232,7 @@ at::Tensor sparse_linear_dvalues_cpu(const at::Tensor& dyt_in, const at::Tensor&
   if (N == 0) return dv;
   const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
   const int64_t* cp = col.const_data_ptr<int64_t>();
-  TORCH_CHECK(rp[0] == 0 && rp[N] <= col.numel(), "morpho: row_ptr must run from 0 to nnz <= ",
+  MORPHO_CHECK(rp[0] == 0 && rp[N] <= col.numel(), "morpho: row_ptr must run from 0 to nnz <= ",
               col.numel());
   const int64_t grain = row_grain(N, rp[N], T);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dyt.scalar_type(),

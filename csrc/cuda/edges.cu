@@ -51,14 +51,14 @@ InsertOut insert_connections_cuda(const at::Tensor& row_ptr_in, const at::Tensor
   auto row_ptr = row_ptr_in.contiguous(), col = col_in.contiguous();
   auto src = src_in.contiguous(), dst = dst_in.contiguous();
   const int64_t N = row_ptr.numel() - 1, C = src.numel(), cap = col.numel();
-  TORCH_CHECK(N == 0 || n_src == 0 || N <= (int64_t(1) << 62) / n_src,
+  MORPHO_CHECK(N == 0 || n_src == 0 || N <= (int64_t(1) << 62) / n_src,
               "morpho: n_dst * n_src overflows int64");
   const int64_t E = row_ptr[N].item<int64_t>();  // sync: output sizes depend on it
-  TORCH_CHECK(E >= 0 && E <= cap, "morpho: row_ptr must end at nnz <= capacity (", cap, "), got ",
+  MORPHO_CHECK(E >= 0 && E <= cap, "morpho: row_ptr must end at nnz <= capacity (", cap, "), got ",
               E);
   if (C > 0) {
     const bool bad = ((src < 0) | (src >= n_src) | (dst < 0) | (dst >= N)).any().item<bool>();
-    TORCH_CHECK(!bad, "morpho: src must be in [0, ", n_src, ") and dst in [0, ", N, ")");
+    MORPHO_CHECK(!bad, "morpho: src must be in [0, ", n_src, ") and dst in [0, ", N, ")");
   }
   auto opt = row_ptr.options();
   auto slots = at::arange(E, opt);

@@ -136,3 +136,17 @@ def test_cuda_matches_truth(dtype, shape, backend):
     _check(ExtremaStats(*(t.cpu() for t in out)), x, -0.3, 1.1)
     state = extrema_stats(x.cuda(), -0.3, 1.1, state=out)
     assert torch.equal(state.below.cpu(), 2 * out.below.cpu())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(300, 256), (2, 5, 7, 3)], ids=str)
+def test_cuda_nan_and_inf(dtype, shape, backend):
+    backend("ext")
+    x = torch.randn(shape).to(dtype)
+    flat = x.view(-1)
+    flat[3], flat[7], flat[11] = float("nan"), float("inf"), float("-inf")
+    out = extrema_stats(x.cuda(), -1.0, 1.0)
+    ref = extrema_stats(x, -1.0, 1.0)
+    for a, b, name in zip(out, ref, ExtremaStats._fields):
+        torch.testing.assert_close(a.cpu(), b, equal_nan=True, rtol=1e-5, atol=1e-5, msg=name)
