@@ -113,7 +113,7 @@ class SparseLinear(nn.Module):
     # -- conversion
     @classmethod
     def from_linear(cls, linear: nn.Linear, density: float,
-                    capacity: Optional[int] = None) -> "SparseLinear":
+                    capacity: Optional[int] = None) -> SparseLinear:
         """Keep the ``density`` fraction of ``linear``'s weights of largest magnitude."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")

@@ -104,13 +104,13 @@ class EdgeList:
     # -- construction
     @classmethod
     def empty(cls, in_features: int, out_features: int, capacity: int = 0,
-              device=None) -> "EdgeList":
+              device=None) -> EdgeList:
         return cls(torch.zeros(out_features + 1, dtype=torch.int64, device=device),
                    torch.zeros(capacity, dtype=torch.int64, device=device), in_features)
 
     @classmethod
     def from_coo(cls, src: Tensor, dst: Tensor, in_features: int, out_features: int,
-                 capacity: Optional[int] = None) -> "EdgeList":
+                 capacity: Optional[int] = None) -> EdgeList:
         """From edge lists (any order; duplicates are merged)."""
         src, dst = _check_index("src", src, in_features), _check_index("dst", dst, out_features)
         if src.shape != dst.shape:
@@ -126,7 +126,7 @@ class EdgeList:
         return cls(row_ptr, col, in_features, validate=False)
 
     @classmethod
-    def from_dense(cls, mask: Tensor, capacity: Optional[int] = None) -> "EdgeList":
+    def from_dense(cls, mask: Tensor, capacity: Optional[int] = None) -> EdgeList:
         """From a (out_features, in_features) mask or weight: an edge where it is nonzero."""
         if not isinstance(mask, Tensor) or mask.dim() != 2:
             raise ValueError("mask must be a 2-D tensor (out_features, in_features)")
@@ -155,7 +155,7 @@ class EdgeList:
     def fan_out(self) -> Tensor:
         return torch.bincount(self.col[:self.nnz], minlength=self.in_features)
 
-    def to(self, device) -> "EdgeList":
+    def to(self, device) -> EdgeList:
         return EdgeList(self.row_ptr.to(device), self.col.to(device), self.in_features,
                         validate=False)
 
@@ -340,7 +340,8 @@ def insert_connections(edges: EdgeList, src: Tensor, dst: Tensor,
             raise ValueError(f"init_values shape {tuple(init_values.shape)} must be "
                              f"({src.numel()},) or a scalar")
     elif isinstance(init_values, bool) or not isinstance(init_values, (int, float)):
-        raise TypeError(f"init_values must be a float or a tensor, got {type(init_values).__name__}")
+        raise TypeError("init_values must be a float or a tensor, got "
+                        f"{type(init_values).__name__}")
     dtype = (values.dtype if values is not None else
              init_values.dtype if isinstance(init_values, Tensor) else torch.float32)
     rp, col, o2n, pos, status = _insert_op(edges.row_ptr, edges.col, src, dst,

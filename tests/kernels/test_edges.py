@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from morpho_kernels import _ext, reference_graph
-from morpho_kernels.ops.edges import (DISPATCH, EdgeList, insert_connections,
-                                      remove_connections)
+from morpho_kernels.ops.edges import DISPATCH, EdgeList, insert_connections, remove_connections
 
 BACKENDS = ["ext", "reference"]
 needs_ext = pytest.mark.skipif(not _ext.status().loaded,
@@ -28,13 +27,13 @@ def model_insert(edges: set, cands, n_src, n_dst, max_in=None, max_out=None):
         seen.add(c)
     indeg = [sum(1 for (_, d) in edges if d == j) for j in range(n_dst)]
     outdeg = [sum(1 for (s, _) in edges if s == i) for i in range(n_src)]
-    for i, (s, d) in enumerate(cands):
+    for i, (_, d) in enumerate(cands):
         if status[i] == 0 and max_in is not None:
             if indeg[d] >= max_in:
                 status[i] = 2
             else:
                 indeg[d] += 1
-    for i, (s, d) in enumerate(cands):
+    for i, (s, _) in enumerate(cands):
         if status[i] == 0 and max_out is not None:
             if outdeg[s] >= max_out:
                 status[i] = 3

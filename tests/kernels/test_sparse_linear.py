@@ -235,4 +235,5 @@ def test_cuda_matches_truth(dtype, tokens, n, k, density, backend):
                       torch.tensor([n - 1, 0]).cuda())
     want = reference_graph.dense_grad_at(x64, gy64, torch.tensor([0, k - 1]),
                                          torch.tensor([n - 1, 0]))
-    torch.testing.assert_close(g.cpu().double(), want, rtol=3e-2, atol=3e-2 * float(want.abs().max()))
+    torch.testing.assert_close(g.cpu().double(), want, rtol=3e-2,
+                               atol=3e-2 * float(want.abs().max()))
