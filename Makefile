@@ -46,9 +46,13 @@ info: setup
 
 bench: setup
 	$(PY) bench/bench_masked_linear.py
+	$(PY) bench/bench_block_sparse.py
+	$(PY) bench/bench_ext.py
 
 bench-gpu: setup
 	$(PY) bench/bench_masked_linear.py --device cuda
+	$(PY) bench/bench_block_sparse.py --device cuda
+	$(PY) bench/bench_ext.py --device cuda
 
 lint: setup
 	$(PY) -m pip install -q ruff

@@ -15,7 +15,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import RESULTS  # noqa: E402
 
-SUMMARIES = {"masked_linear": "bench_masked_linear", "block_sparse": "bench_block_sparse"}
+SUMMARIES = {"masked_linear": "bench_masked_linear", "block_sparse": "bench_block_sparse",
+             "ext": "bench_ext"}
 
 
 def load_run(op: str, run_id: str | None, device: str | None) -> list[dict]:

@@ -8,12 +8,17 @@ backend. ``python -m morpho_kernels.info`` shows which backends serve which devi
 from ._dispatch import BACKEND_NAMES, BackendUnavailableError
 from .formats import BLOCK_SIZES, BlockSparseLayout
 from .ops.block_sparse_linear import block_sparse_linear
+from .ops.edges import EdgeList, EdgeUpdate, InsertReport, insert_connections, remove_connections
+from .ops.extrema import ExtremaStats, extrema_stats
 from .ops.masked_linear import masked_linear
+from .ops.sparse_linear import dense_grad_at, sparse_linear
 
 __version__ = "0.1.0"
 
 __all__ = ["BACKEND_NAMES", "BLOCK_SIZES", "BackendUnavailableError", "BlockSparseLayout",
-           "block_sparse_linear", "masked_linear", "nn", "__version__"]
+           "EdgeList", "EdgeUpdate", "ExtremaStats", "InsertReport", "block_sparse_linear",
+           "dense_grad_at", "extrema_stats", "insert_connections", "masked_linear", "nn",
+           "remove_connections", "sparse_linear", "__version__"]
 
 
 def __getattr__(name):  # `morpho_kernels.nn` without importing torch.nn machinery eagerly

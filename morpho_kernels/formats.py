@@ -1,5 +1,8 @@
 """Run-time formats of learned sparse structure.
 
+`EdgeList` (connections as CSR by destination, with spare capacity) is defined with its ops in
+morpho_kernels/ops/edges.py and importable from here too (see the end of this file).
+
 `BlockSparseLayout`: which b×b blocks of an (out, in) weight are live, as a fixed-capacity block
 list. Each live block owns a slot s (0 ≤ s < capacity) of a values tensor (capacity, b, b)
 and never moves while it lives: regrowing a block reuses the slot of a dropped one, so the values
@@ -272,3 +275,6 @@ def as_layout(obj: Union[BlockSparseLayout, object]) -> BlockSparseLayout:
     if not isinstance(obj, BlockSparseLayout):
         raise TypeError(f"layout must be a BlockSparseLayout, got {type(obj).__name__}")
     return obj
+
+
+from .ops.edges import EdgeList  # noqa: E402, F401  (re-export; ops.edges never imports formats)

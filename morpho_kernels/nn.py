@@ -1,4 +1,5 @@
-"""Drop-in layers whose structure runs on morpho_kernels ops."""
+"""Drop-in layers whose structure runs on morpho_kernels ops: MaskedLinear (learned soft masks),
+BlockSparseLinear (live b×b blocks), SparseLinear (edge lists, defined in _nn_sparse.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._nn_sparse import SparseLinear
 from .formats import BlockSparseLayout
 from .ops.block_sparse_linear import apply_block_sparse
 from .ops.masked_linear import check_temperature as _check_temperature
@@ -148,6 +150,8 @@ class MaskedLinear(nn.Module):
 
 __all__ = ["MaskedLinear"]
 
+
+__all__ = ["BlockSparseLinear", "MaskedLinear", "SparseLinear"]
 
 _INDEX_BUFFERS = ("rows", "cols", "row_ptr", "row_order", "col_ptr", "col_order")
 
