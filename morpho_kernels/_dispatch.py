@@ -109,3 +109,62 @@ class Dispatcher:
             RuntimeWarning,
             stacklevel=4,
         )
+
+
+# ----------------------------------------------------------------------------- shared checks
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_reference(spec: CallSpec) -> Optional[str]:
+    """The pure-PyTorch reference serves every floating dtype on every device."""
+    return None if spec.dtype in FLOAT_DTYPES else f"dtype {spec.dtype} is not floating"
+
+
+def check_ext(spec: CallSpec, *, op: Optional[str] = None, cuda: bool = True,
+              dtypes: Optional[tuple] = FLOAT_DTYPES,
+              on_ready: Optional[Callable[[], None]] = None) -> Optional[str]:
+    """Whether the C++/CUDA extension serves a call: loaded (and holding `morpho::<op>` when
+    named), CUDA kernels compiled in for CUDA tensors (`cuda=False`: the op has none), dtype in
+    `dtypes` (None: any). `on_ready` runs once the extension is known to serve (e.g. to register
+    the fake kernels of its ops)."""
+    from . import _ext  # _ext imports nothing of this module; late import keeps startup light
+
+    st = _ext.status()
+    if not st.loaded:
+        return st.reason
+    if op is not None and not hasattr(torch.ops.morpho, op):
+        return f"extension built without morpho::{op} (rebuild: pip install -e .)"
+    if spec.device.type == "cuda":
+        if not cuda:
+            return "the extension's kernels of this op are CPU-only"
+        if not st.with_cuda:
+            return "extension built without CUDA kernels"
+    elif spec.device.type != "cpu":
+        return f"device type {spec.device.type} is not supported"
+    if dtypes is not None and spec.dtype not in dtypes:
+        return f"dtype {spec.dtype} not supported"
+    if on_ready is not None:
+        on_ready()
+    return None
+
+
+def check_triton(spec: CallSpec, kernels, import_error: Optional[str]) -> Optional[str]:
+    """Whether a Triton kernel module (None when it failed to import) serves a call: CUDA
+    tensors in fp16/bf16/fp32; CPU tensors only under TRITON_INTERPRET=1 with
+    MORPHO_BACKEND=triton (the interpreter is a test mode, never chosen automatically)."""
+    if kernels is None:
+        return import_error
+    if spec.device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+    elif spec.device.type == "cpu":
+        if not kernels.INTERPRET or forced_backend() != "triton":
+            return ("CPU tensors run Triton only under TRITON_INTERPRET=1 with "
+                    "MORPHO_BACKEND=triton (a test mode)")
+    else:
+        return f"device type {spec.device.type} is not supported"
+    if spec.dtype not in TRITON_DTYPES:
+        return f"dtype {spec.dtype} not supported (fp16, bf16, fp32)"
+    return None

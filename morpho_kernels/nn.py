@@ -320,11 +320,13 @@ class BlockSparseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         n, k = self.padded_shape
+        # checked on every path: the kernels index x by the layout's columns
+        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must be a tensor (*, in_features={self.in_features}), got {got}")
         index = tuple(getattr(self, name) for name in _INDEX_BUFFERS)
         if (n, k) == (self.out_features, self.in_features):
             return apply_block_sparse(x, self.values, index, n, self.bias)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x's last dim {x.shape[-1]} must be in_features={self.in_features}")
         xp = torch.nn.functional.pad(x, (0, k - self.in_features))
         y = apply_block_sparse(xp, self.values, index, n, None)[..., : self.out_features]
         return y + self.bias if self.bias is not None else y

@@ -22,12 +22,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _ext, reference
-from .._dispatch import Backend, CallSpec, Dispatcher, forced_backend
+from .. import reference
+from .._dispatch import Backend, CallSpec, Dispatcher, check_ext, check_reference, check_triton
 from ..formats import BlockSparseLayout
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # ----------------------------------------------------------------------------- backends
 
@@ -40,43 +37,17 @@ except Exception as exc:  # ImportError, or triton failing to initialise
 
 
 def _check_triton(spec: CallSpec) -> Optional[str]:
-    if _tk is None:
-        return _triton_import_error
-    if spec.device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available"
-    elif spec.device.type == "cpu":
-        if not _tk.INTERPRET or forced_backend() != "triton":
-            return ("CPU tensors run Triton only under TRITON_INTERPRET=1 with "
-                    "MORPHO_BACKEND=triton (a test mode)")
-    else:
-        return f"device type {spec.device.type} is not supported"
-    if spec.dtype not in _TRITON_DTYPES:
-        return f"dtype {spec.dtype} not supported (fp16, bf16, fp32)"
-    return None
+    return check_triton(spec, _tk, _triton_import_error)
 
 
 def _check_ext(spec: CallSpec) -> Optional[str]:
-    st = _ext.status()
-    if not st.loaded:
-        return st.reason
-    if not hasattr(torch.ops.morpho, "bs_dsd"):
-        return "extension built without the block-sparse kernels (rebuild: pip install -e .)"
-    if spec.device.type != "cpu":
-        return "the extension's block-sparse kernels are CPU-only (CUDA uses triton)"
-    if spec.dtype not in _FLOAT_DTYPES:
-        return f"dtype {spec.dtype} not supported"
-    return None
-
-
-def _check_reference(spec: CallSpec) -> Optional[str]:
-    return None if spec.dtype in _FLOAT_DTYPES else f"dtype {spec.dtype} is not floating"
+    return check_ext(spec, op="bs_dsd", cuda=False)  # CUDA tensors go to the Triton kernels
 
 
 DISPATCH = Dispatcher(
     "block_sparse_linear",
     [Backend("triton", _check_triton), Backend("ext", _check_ext),
-     Backend("reference", _check_reference)],
+     Backend("reference", check_reference)],
 )
 
 

@@ -19,6 +19,7 @@ Existing edges are never removed by a cap, even where a degree already exceeds i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, reference_graph
-from .._dispatch import Backend, CallSpec, Dispatcher
+from .._dispatch import Backend, CallSpec, Dispatcher, check_ext
 
 # ----------------------------------------------------------------------------- the format
 
@@ -188,27 +189,13 @@ def _check_index(name: str, t, bound: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- backends
 
-_fakes_registered = False
-
-
+@functools.cache
 def _register_ext_fakes() -> None:
-    global _fakes_registered
-    if _fakes_registered:
-        return
-    _fakes_registered = True
     torch.library.register_fake("morpho::edges_insert")(_insert_fake)
 
 
 def _check_ext(spec: CallSpec) -> Optional[str]:
-    st = _ext.status()
-    if not st.loaded:
-        return st.reason
-    if spec.device.type == "cuda" and not st.with_cuda:
-        return "extension built without CUDA kernels"
-    if spec.device.type not in ("cpu", "cuda"):
-        return f"device type {spec.device.type} is not supported"
-    _register_ext_fakes()
-    return None
+    return check_ext(spec, dtypes=None, on_ready=_register_ext_fakes)
 
 
 DISPATCH = Dispatcher("insert_connections",

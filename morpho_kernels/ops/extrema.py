@@ -13,6 +13,7 @@ No Triton backend: MORPHO_BACKEND=triton raises for this op.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -20,9 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, reference_graph
-from .._dispatch import Backend, CallSpec, Dispatcher
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from .._dispatch import FLOAT_DTYPES, Backend, CallSpec, Dispatcher, check_ext, check_reference
 
 
 class ExtremaStats(NamedTuple):
@@ -42,15 +41,9 @@ class ExtremaStats(NamedTuple):
 
 # ----------------------------------------------------------------------------- backends
 
-_fakes_registered = False
-
-
+@functools.cache
 def _register_ext_fakes() -> None:
     """Fake kernel of the C++ op (traced under torch.compile); registered once, when loaded."""
-    global _fakes_registered
-    if _fakes_registered:
-        return
-    _fakes_registered = True
 
     @torch.library.register_fake("morpho::extrema_reduce")
     def _fake(x, low, high):
@@ -62,25 +55,11 @@ def _register_ext_fakes() -> None:
 
 
 def _check_ext(spec: CallSpec) -> Optional[str]:
-    st = _ext.status()
-    if not st.loaded:
-        return st.reason
-    if spec.device.type == "cuda" and not st.with_cuda:
-        return "extension built without CUDA kernels"
-    if spec.device.type not in ("cpu", "cuda"):
-        return f"device type {spec.device.type} is not supported"
-    if spec.dtype not in _FLOAT_DTYPES:
-        return f"dtype {spec.dtype} not supported"
-    _register_ext_fakes()
-    return None
-
-
-def _check_reference(spec: CallSpec) -> Optional[str]:
-    return None if spec.dtype in _FLOAT_DTYPES else f"dtype {spec.dtype} is not floating"
+    return check_ext(spec, dtypes=FLOAT_DTYPES, on_ready=_register_ext_fakes)
 
 
 DISPATCH = Dispatcher("extrema_stats",
-                      [Backend("ext", _check_ext), Backend("reference", _check_reference)])
+                      [Backend("ext", _check_ext), Backend("reference", check_reference)])
 
 
 # ----------------------------------------------------------------------------- custom op

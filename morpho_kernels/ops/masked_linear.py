@@ -28,10 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, reference
-from .._dispatch import Backend, CallSpec, Dispatcher, forced_backend
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+from .._dispatch import Backend, CallSpec, Dispatcher, check_ext, check_reference, check_triton
 
 # Largest token count served by the fused Triton kernels (sigmoid-prologue GEMM forward and dX,
 # dW/dM with G = dYᵀX kept in registers); above it the Triton backend materialises W ⊙ σ(M/T)
@@ -65,44 +62,13 @@ except Exception as exc:  # ImportError, or triton failing to initialise
 
 
 def _check_triton(spec: CallSpec) -> Optional[str]:
-    if _tk is None:
-        return _triton_import_error
-    if spec.device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA is not available"
-    elif spec.device.type == "cpu":
-        # The interpreter is a test mode (milliseconds per program): never chosen automatically.
-        if not _tk.INTERPRET or forced_backend() != "triton":
-            return ("CPU tensors run Triton only under TRITON_INTERPRET=1 with "
-                    "MORPHO_BACKEND=triton (a test mode)")
-    else:
-        return f"device type {spec.device.type} is not supported"
-    if spec.dtype not in _TRITON_DTYPES:
-        return f"dtype {spec.dtype} not supported (fp16, bf16, fp32)"
-    return None
-
-
-def _check_ext(spec: CallSpec) -> Optional[str]:
-    st = _ext.status()
-    if not st.loaded:
-        return st.reason
-    if spec.device.type == "cuda" and not st.with_cuda:
-        return "extension built without CUDA kernels"
-    if spec.device.type not in ("cpu", "cuda"):
-        return f"device type {spec.device.type} is not supported"
-    if spec.dtype not in _FLOAT_DTYPES:
-        return f"dtype {spec.dtype} not supported"
-    return None
-
-
-def _check_reference(spec: CallSpec) -> Optional[str]:
-    return None if spec.dtype in _FLOAT_DTYPES else f"dtype {spec.dtype} is not floating"
+    return check_triton(spec, _tk, _triton_import_error)
 
 
 DISPATCH = Dispatcher(
     "masked_linear",
-    [Backend("triton", _check_triton), Backend("ext", _check_ext),
-     Backend("reference", _check_reference)],
+    [Backend("triton", _check_triton), Backend("ext", check_ext),
+     Backend("reference", check_reference)],
 )
 
 

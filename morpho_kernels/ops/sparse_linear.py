@@ -19,27 +19,20 @@ Saved for backward: x, the index tensors and values; nothing of the dense weight
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _ext, reference_graph
-from .._dispatch import Backend, CallSpec, Dispatcher
+from .._dispatch import FLOAT_DTYPES, Backend, CallSpec, Dispatcher, check_ext, check_reference
 from .edges import EdgeList, _check_index
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # ----------------------------------------------------------------------------- backends
 
-_fakes_registered = False
-
-
+@functools.cache
 def _register_ext_fakes() -> None:
-    global _fakes_registered
-    if _fakes_registered:
-        return
-    _fakes_registered = True
 
     @torch.library.register_fake("morpho::sparse_linear_t")
     def _t_fake(xt, row_ptr, col, values, bias):
@@ -51,25 +44,11 @@ def _register_ext_fakes() -> None:
 
 
 def _check_ext(spec: CallSpec) -> Optional[str]:
-    st = _ext.status()
-    if not st.loaded:
-        return st.reason
-    if spec.device.type == "cuda" and not st.with_cuda:
-        return "extension built without CUDA kernels"
-    if spec.device.type not in ("cpu", "cuda"):
-        return f"device type {spec.device.type} is not supported"
-    if spec.dtype not in _FLOAT_DTYPES:
-        return f"dtype {spec.dtype} not supported"
-    _register_ext_fakes()
-    return None
-
-
-def _check_reference(spec: CallSpec) -> Optional[str]:
-    return None if spec.dtype in _FLOAT_DTYPES else f"dtype {spec.dtype} is not floating"
+    return check_ext(spec, dtypes=FLOAT_DTYPES, on_ready=_register_ext_fakes)
 
 
 DISPATCH = Dispatcher("sparse_linear",
-                      [Backend("ext", _check_ext), Backend("reference", _check_reference)])
+                      [Backend("ext", _check_ext), Backend("reference", check_reference)])
 
 
 # CPU: from this many tokens on, xᵀ is passed tile-major (T / 64, K, 64), padded to a multiple

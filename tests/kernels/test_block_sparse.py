@@ -310,6 +310,13 @@ def test_module_from_linear_to_linear_and_padding():
     torch.testing.assert_close(part.to_linear().weight, lin.weight * mask)
 
 
+def test_module_rejects_wrong_input_width():
+    for pad, n_in in ((False, 64), (True, 60)):
+        m = BlockSparseLinear(n_in, 32, block_size=16, density=0.5, pad=pad)
+        with pytest.raises(ValueError, match="in_features"):
+            m(torch.randn(3, n_in - 4))
+
+
 def test_module_state_dict_roundtrip():
     m = BlockSparseLinear(64, 32, block_size=16, density=0.5)
     m.regrow(1, torch.rand(m.layout.grid))
