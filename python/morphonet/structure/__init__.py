@@ -1,0 +1,1 @@
+"""Structure Net: networks that start minimal and grow where activation extrema point."""
