@@ -1,9 +1,12 @@
-"""The ``morpho`` command line."""
+"""The ``morpho`` command line: ``compare`` (the main job), ``grow`` (Structure Net) and
+``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from pathlib import Path
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -18,6 +21,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from . import compare as cmp
+
+    cases = cmp.quick_cases() if args.quick else list(cmp.FULL_CASES)
+    if args.datasets:
+        unknown = sorted(set(args.datasets) - {c.dataset for c in cmp.FULL_CASES})
+        if unknown:
+            print(f"unknown dataset(s) {unknown}", file=sys.stderr)
+            return 2
+        cases = [c for c in cases if c.dataset in args.datasets]
+    if args.epochs is not None:
+        cases = [cmp.Case(c.dataset, c.arch, c.hidden_dims, c.target_sparsity, args.epochs,
+                          c.config) for c in cases]
+    seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
+    command = "morpho compare " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    print(f"{len(cases)} cases × {len(seeds)} seeds × {len(cmp.METHODS)} methods; writing to "
+          f"{args.out}", flush=True)
+    t0 = time.perf_counter()
+    results = cmp.compare(cases, seeds)
+    meta = {"command": command.strip(), "seconds": time.perf_counter() - t0,
+            "cases": [vars(c) if not hasattr(c, "__dataclass_fields__") else
+                      {k: getattr(c, k) for k in c.__dataclass_fields__} for c in cases]}
+    md, js = cmp.write_outputs(results, Path(args.out), meta)
+    rows = cmp.summarise(results)
+    print("\n" + cmp.markdown_table(rows) + "\n")
+    for v in cmp.verdicts(rows):
+        print(v)
+    print(f"\nwritten: {md} and {js} ({meta['seconds']:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    cmp = sub.add_parser("compare", help="dense vs MorphoNet vs magnitude pruning on moons, "
+                         "blobs-5c, digits and MNIST-1D (the main job)")
+    cmp.add_argument("--quick", action="store_true",
+                     help="MLP cases only, 30 epochs, 2 seeds (under 3 minutes on 2 cores)")
+    cmp.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5)")
+    cmp.add_argument("--epochs", type=int, default=None, help="override every case's epochs")
+    cmp.add_argument("--datasets", nargs="+", default=None,
+                     help="subset of: moons blobs-5c digits mnist1d")
+    cmp.add_argument("--out", default="results/compare", help="output directory")
+    cmp.set_defaults(func=_compare, argv=argv)
+    try:
+        from .structure.cli import add_grow_parser
+    except ImportError:  # Structure Net not installed in this build
+        add_grow_parser = None
+    if add_grow_parser is not None:
+        add_grow_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
