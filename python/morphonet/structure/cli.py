@@ -44,9 +44,9 @@ def add_grow_parser(subparsers) -> argparse.ArgumentParser:
                    choices=["digits", "mnist1d"])
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; quick 2)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs for every dataset (default: digits 60, mnist1d 40)")
+                   help="epochs for every dataset (default: digits 80, mnist1d 40)")
     p.add_argument("--hidden", type=int, nargs="+", default=None,
-                   help="hidden widths (default 256 128)")
+                   help="hidden widths (default 160 80)")
     p.add_argument("--quick", action="store_true", help="short run (< 2 min on 2 CPU cores)")
     p.add_argument("--out", default="results/grow", help="results directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -48,12 +48,12 @@ class GrowExperimentConfig:
 
     datasets: tuple = ("digits", "mnist1d")
     seeds: int = 5
-    epochs: dict = field(default_factory=lambda: {"digits": 60, "mnist1d": 40})
-    hidden: tuple = (256, 128)
+    epochs: dict = field(default_factory=lambda: {"digits": 80, "mnist1d": 40})
+    hidden: tuple = (160, 80)
     activation: str = "tanh"
     sparsity: float = 1e-4
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-2
     phase_fractions: tuple = (2 / 15, 1 / 3)
     methods: tuple = METHODS
     out_dir: str = "results/grow"
@@ -61,7 +61,7 @@ class GrowExperimentConfig:
     @classmethod
     def quick(cls, **kw) -> GrowExperimentConfig:
         """A run of under two minutes on 2 CPU cores: 2 seeds, fewer epochs."""
-        base = dict(seeds=2, epochs={"digits": 30, "mnist1d": 12})
+        base = dict(seeds=2, epochs={"digits": 30, "mnist1d": 10})
         base.update(kw)
         return cls(**base)
 

@@ -146,8 +146,9 @@ class ExtremaDetector:
         self.window.append(groups)
 
     def reset(self) -> None:
-        """Forget the window (after a structural change)."""
+        """Forget the window (after a structural change) and restart the stride count."""
         self.window.clear()
+        self._steps = 0
 
     def __len__(self) -> int:
         return len(self.window)

@@ -137,7 +137,7 @@ def train_peer_epoch(net: MinimalNetwork, peer: SparsePeer, loader, optimizer, c
         loss.backward()
         optimizer.step()
         moved += peer.after_step(optimizer)
-        tot += float(loss) * len(y)
+        tot += float(loss.detach()) * len(y)
         correct += int((out.argmax(1) == y).sum())
         seen += len(y)
     return {"loss": tot / max(1, seen), "train_acc": correct / max(1, seen), "moved": moved}

@@ -11,6 +11,7 @@ pre-allocated slots switched on by an active mask, so no other parameter changes
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Optional
@@ -30,7 +31,7 @@ def grad_norm(params) -> float:
     grads = [p.grad.detach() for p in params if p.grad is not None and p.grad.numel()]
     if not grads:
         return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    return math.sqrt(sum(float(n) ** 2 for n in torch._foreach_norm(grads)))
 
 
 class MultiScaleNetwork(nn.Module):
@@ -59,10 +60,11 @@ class MultiScaleNetwork(nn.Module):
         self.router = router or ConnectionRouter()
         self.snapshots = snapshots
         self.val_data = val_data
-        self.network.track = True
+        self._pending = False  # a growth event is due: gathering its extrema window
         self.history: list[dict] = []
         self.growth_log: list[dict] = []
-        self.timing = {"train_s": 0.0, "bookkeeping_s": 0.0, "snapshot_s": 0.0}
+        self.timing = {"train_s": 0.0, "bookkeeping_s": 0.0, "per_step_s": 0.0, "growth_s": 0.0,
+                       "snapshot_s": 0.0}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
@@ -92,9 +94,17 @@ class MultiScaleNetwork(nn.Module):
             net.record_grads = False
 
     def grow_now(self, x: Tensor, y: Tensor, criterion, optimizer, epoch: int) -> dict:
-        """One growth event on batch (x, y): score, route, insert, spend credits."""
-        net = self.network
+        """One growth event now, scored on batch (x, y), with the extrema window gathered so
+        far (at least one batch: (x, y) is added when the window is empty)."""
         self._score_batch(x, y, criterion)
+        if not len(self.detector):
+            self.detector.update(self.network.activations)
+        return self._grow_recorded(epoch, optimizer)
+
+    def _grow_recorded(self, epoch: int, optimizer) -> dict:
+        """Route, insert and spend credits from the window and the recorded gradients."""
+        net = self.network
+        self._pending = False
         rep = self.detector.report(self._active_masks())
         res = self.router.grow(net, rep, self.scheduler.budget(epoch), optimizer)
         self.scheduler.record_growth(epoch, res["structures"])
@@ -119,6 +129,13 @@ class MultiScaleNetwork(nn.Module):
         self.train()
         tot_loss = correct = seen = events = added = neurons = structures = 0
         for x, y in loader:
+            t0 = time.perf_counter()
+            # Extrema are only gathered while a growth event is due (the window right before
+            # it); the event's own batch keeps ∂L/∂z for scoring, so no extra pass is needed.
+            sample = self._pending and self.detector.step()
+            final = sample and len(self.detector) + 1 >= self.detector.config.window_batches
+            net.track, net.record_grads = sample, final
+            book += time.perf_counter() - t0
             out = net(x)
             loss = criterion(out, y)
             optimizer.zero_grad(set_to_none=True)
@@ -132,15 +149,22 @@ class MultiScaleNetwork(nn.Module):
             del out, loss
             t0 = time.perf_counter()
             self.scheduler.observe(grad_norm(params))
-            if self.detector.step():
+            if sample:
                 self.detector.update(net.activations)
-            grow = self.scheduler.should_grow(epoch)
-            book += time.perf_counter() - t0
-            if grow:
+            if not self._pending and self.scheduler.should_grow(epoch):
+                self._pending = True
+                self.detector.reset()
+            dt = time.perf_counter() - t0
+            book += dt
+            self.timing["per_step_s"] += dt
+            if final:
+                net.record_grads = net.track = False
                 self._snapshot(epoch, reason="growth")
                 t0 = time.perf_counter()
-                res = self.grow_now(x, y, criterion, optimizer, epoch)
-                book += time.perf_counter() - t0
+                res = self._grow_recorded(epoch, optimizer)
+                dt = time.perf_counter() - t0
+                book += dt
+                self.timing["growth_s"] += dt
                 events += 1
                 added += res["connections_added"]
                 neurons += res["neurons_added"]
