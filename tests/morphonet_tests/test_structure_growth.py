@@ -5,9 +5,16 @@ quiet fallback)."""
 import pytest
 import torch
 
-from morphonet.structure import (ConnectionRouter, ExtremaConfig, ExtremaDetector,
-                                 GrowthScheduler, LayerExtrema, MinimalNetwork, RouterConfig,
-                                 SchedulerConfig)
+from morphonet.structure import (
+    ConnectionRouter,
+    ExtremaConfig,
+    ExtremaDetector,
+    GrowthScheduler,
+    LayerExtrema,
+    MinimalNetwork,
+    RouterConfig,
+    SchedulerConfig,
+)
 
 
 def test_tanh_extrema_match_hand_count():
@@ -97,15 +104,17 @@ def test_scheduler_spikes_credits_cooldown_phases():
         s.observe(float("nan"))
 
 
+def _mask(c, idx):
+    return torch.isin(torch.arange(c), torch.tensor(idx, dtype=torch.long))
+
+
 def _report(net, high, low, quiet):
     out = []
     for j in range(net.n_layers + 1):
         c = net.capacity[j]
-        mk = lambda idx: torch.isin(torch.arange(c), torch.tensor(idx.get(j, []),  # noqa: E731
-                                                                  dtype=torch.long))
-        hs = mk(high).float()
-        out.append(LayerExtrema(mk(high), mk(low), mk(quiet), hs, torch.zeros(c),
-                                torch.zeros(c), torch.ones(c)))
+        hi = _mask(c, high.get(j, []))
+        out.append(LayerExtrema(hi, _mask(c, low.get(j, [])), _mask(c, quiet.get(j, [])),
+                                hi.float(), torch.zeros(c), torch.zeros(c), torch.ones(c)))
     return out
 
 
@@ -121,7 +130,7 @@ def test_router_limits_radius_and_fallback():
     for st in plan:
         assert st.kind == "route" and st.source[0] == 0
         assert 1 <= len(st.edges) <= 4
-        for i, s, j, t, v in st.edges:
+        for i, _s, j, t, _v in st.edges:
             assert 1 <= j - i <= 3 and j != 4  # radius 3: layer 4 is out of reach from 0
             assert (j, t) in {(1, 3), (1, 4), (2, 5), (2, 6), (2, 7), (3, 8)}
             incoming[(j, t)] = incoming.get((j, t), 0) + 1
@@ -147,7 +156,7 @@ def test_router_fan_out_reciprocal_and_budget():
         i, s = st.source
         hidden_targets = [(j, t) for _, _, j, t, _ in st.edges if j < 3]
         assert len(st.reciprocal) == len(hidden_targets)  # p = 1: one per non-output target
-        for j, t, m, u, v in st.reciprocal:
+        for j, t, m, _u, _v in st.reciprocal:
             assert (j, t) in hidden_targets and j < m <= 3  # forward from the target
     assert r.plan(net, rep, max_structures=0) == []
     with pytest.raises(ValueError, match="fan_out"):

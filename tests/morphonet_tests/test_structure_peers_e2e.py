@@ -7,9 +7,15 @@ import pytest
 import torch
 
 from morphonet.data import load_dataset
-from morphonet.structure import (SchedulerConfig, SparsePeer, add_grow_parser,
-                                 create_multi_scale_network, erk_densities, make_peer_network,
-                                 train_peer_epoch)
+from morphonet.structure import (
+    SchedulerConfig,
+    SparsePeer,
+    add_grow_parser,
+    create_multi_scale_network,
+    erk_densities,
+    make_peer_network,
+    train_peer_epoch,
+)
 
 
 def test_erk_densities_hit_total_and_scale():

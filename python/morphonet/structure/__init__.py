@@ -9,7 +9,6 @@ MultiScaleNetwork / create_multi_scale_network (training with growth), the RigL 
 peers, and the ``morpho grow`` experiment.
 """
 
-from .cli import add_grow_parser
 from .experiment import GrowExperimentConfig, run_grow_experiment
 from .extrema import ExtremaConfig, ExtremaDetector, LayerExtrema
 from .network import MinimalNetwork
@@ -24,3 +23,12 @@ __all__ = ["ConnectionRouter", "ExtremaConfig", "ExtremaDetector", "GrowExperime
            "RouterConfig", "SchedulerConfig", "SnapshotManager", "SparsePeer", "Structure",
            "add_grow_parser", "create_multi_scale_network", "erk_densities",
            "make_peer_network", "run_grow_experiment", "train_peer_epoch"]
+
+
+def __getattr__(name):
+    # Lazy, so that `python -m morphonet.structure.cli` does not import its own module twice.
+    if name == "add_grow_parser":
+        from .cli import add_grow_parser
+
+        return add_grow_parser
+    raise AttributeError(f"module 'morphonet.structure' has no attribute {name!r}")

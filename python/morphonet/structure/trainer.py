@@ -1,7 +1,13 @@
-"""MultiScaleNetwork: training with growth. Each step: forward (activations kept), backward,
-optimizer step, then bookkeeping (gradient norm → scheduler, activations → extrema window);
-when the scheduler allows, one growth event: a scoring pass on the step's batch (dense
-gradients), routing + cloning, insertion with the live optimizer, and a snapshot before it.
+"""MultiScaleNetwork: training with growth.
+
+Each step: forward, backward, optimizer step, then bookkeeping: the gradient norm goes to the
+GrowthScheduler. When the scheduler says a growth event is due (credits, cooldown, phase
+budget), the ExtremaDetector gathers its window over the following steps (one sampled batch
+every ``stride_steps``); on the step that completes the window the forward also keeps ∂L/∂z of
+every layer, and right after that step the event happens: a snapshot of the network as trained
+so far, extrema verdicts, routing / cloning scored with the dense gradients of that step's batch,
+insertion with the live optimizer. Extrema are therefore measured right before each event and
+cost nothing between events.
 
 The optimizer created once before training keeps working: edge values live in each
 SparseLinear's ``values`` Parameter, whose *object* never changes (growth swaps its ``.data``
