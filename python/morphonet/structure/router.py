@@ -22,10 +22,12 @@ Rules (RouterConfig):
   layer after t. It belongs to the same structure.
 * **initial value** of a routed edge s → t: −sign(g)·init_scale·gain/√(in-degree of t after
   growth), g the dense gradient (random sign where g = 0): a small step down the loss.
-* **vertical cloning**: up to ``clones_per_event`` hidden neurons whose high share is
-  ≥ ``clone_share`` (saturated nearly always) are cloned (MinimalNetwork.clone_neuron:
-  function-preserving, clone at ``clone_scale`` = 0.7 of the outgoing weights). One clone is one
-  structure.
+* **vertical cloning**: up to ``clones_per_event`` (1) high-extremum hidden neurons whose
+  high share is ≥ ``clone_share`` (0.5: saturated on at least half the window's samples; at
+  0.9 no neuron was ever cloned in the digits runs, at 0.5 5–12 per run with validation
+  accuracy 92.7% vs 93.2%, within the seed spread) are cloned, the most saturated first
+  (MinimalNetwork.clone_neuron: function-preserving, clone at ``clone_scale`` = 0.7 of the
+  outgoing weights). One clone is one structure.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class RouterConfig:
     reciprocal_p: float = 0.2
     init_scale: float = 1.0
     clone_scale: float = 0.7
-    clone_share: float = 0.9
+    clone_share: float = 0.5
     clones_per_event: int = 1
 
     def __post_init__(self):
@@ -290,9 +292,11 @@ class ConnectionRouter:
     def apply(self, net: MinimalNetwork, structures: list[Structure],
               optimizer: Optional[torch.optim.Optimizer] = None) -> dict:
         """Insert every planned edge (one grow per layer pair) and clone the planned neurons;
-        returns {"connections_added", "neurons_added", "structures"}."""
+        returns {"connections_added" (every new edge, the clones' included), "neurons_added",
+        "structures"}."""
         groups: dict[tuple[int, int], list] = {}
         neurons = 0
+        nnz0 = sum(lay.nnz for lay in net.conn.values())
         for st in structures:
             if st.kind == "clone":
                 j, n = st.source
@@ -300,12 +304,12 @@ class ConnectionRouter:
                 neurons += 1
             for (i, s, j, t, v) in st.edges + st.reciprocal:
                 groups.setdefault((i, j), []).append((s, t, v))
-        added = 0
         for (i, j), rows in groups.items():
             src = torch.tensor([r[0] for r in rows], dtype=torch.long)
             dst = torch.tensor([r[1] for r in rows], dtype=torch.long)
             val = torch.tensor([r[2] for r in rows], dtype=torch.float32)
-            added += net.add_connections(i, j, src, dst, val, optimizer=optimizer)
+            net.add_connections(i, j, src, dst, val, optimizer=optimizer)
+        added = sum(lay.nnz for lay in net.conn.values()) - nnz0  # routed + the clones' edges
         return {"connections_added": added, "neurons_added": neurons,
                 "structures": len(structures)}
 
