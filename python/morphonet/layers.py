@@ -196,10 +196,15 @@ class MorphoLinear(MaskedMixin, nn.Module):
             raise ValueError(f"expected input with {self.in_features} features in the last "
                              f"dimension, got shape {tuple(x.shape)}")
         if self.granularity == "neuron":
-            return F.linear(x, self.weight, self.bias) * self.unit_mask()
+            return self.unmasked(x) * self.unit_mask()
         logits = self.mask_logits if self.granularity == "element" else self._expand(
             self.mask_logits)
         return masked_linear(x, self.weight, logits, self.temperature, self.bias)
+
+    def unmasked(self, x: Tensor) -> Tensor:
+        """The layer without its mask, ``x Wᵀ + b`` (neuron granularity: the model applies a
+        norm in between, then the unit mask)."""
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -265,12 +270,16 @@ class MorphoConv(MaskedMixin, nn.Module):
             raise ValueError(f"expected input (batch, {self.in_channels}, "
                              f"{'length' if self.dims == 1 else 'height, width'}), got shape "
                              f"{tuple(x.shape)}")
-        conv = F.conv1d if self.dims == 1 else F.conv2d
         if self.granularity == "neuron":
-            y = conv(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                     self.groups)
-            return y * self.unit_mask().reshape(1, -1, *([1] * self.dims))
-        w = self.weight * self._expand(self.unit_mask())
+            return self.unmasked(x) * self.unit_mask().reshape(1, -1, *([1] * self.dims))
+        return self._conv(x, self.weight * self._expand(self.unit_mask()))
+
+    def unmasked(self, x: Tensor) -> Tensor:
+        """The convolution without its mask (see `MorphoLinear.unmasked`)."""
+        return self._conv(x, self.weight)
+
+    def _conv(self, x: Tensor, w: Tensor) -> Tensor:
+        conv = F.conv1d if self.dims == 1 else F.conv2d
         return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

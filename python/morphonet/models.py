@@ -100,6 +100,16 @@ class MorphoModel(nn.Module):
         return self.n_connections() + other, self.n_live() + other_live
 
 
+def masked_then_norm(layer: MaskedMixin, norm: nn.Module, h: Tensor) -> Tensor:
+    """``norm(layer(h))``, except that neuron masks are applied *after* the norm, so a pruned
+    unit outputs exactly zero (a batchnorm would turn a zero into β − γ·μ/σ) and can be
+    removed by ``export.shrink``."""
+    if getattr(layer, "granularity", None) == "neuron" and not isinstance(norm, nn.Identity):
+        z = norm(layer.unmasked(h))
+        return z * layer.unit_mask().reshape(1, -1, *([1] * (z.dim() - 2)))
+    return norm(layer(h))
+
+
 def _act(cfg: MorphoConfig) -> nn.Module:
     return _ACTIVATIONS[cfg.activation]()
 
@@ -143,7 +153,7 @@ class MorphoNetMLP(MorphoModel):
                              f"{tuple(x.shape)}")
         h = x
         for i, layer in enumerate(self.layers[:-1]):
-            z = self.drop(self.act(self.norms[i](layer(h))))
+            z = self.drop(self.act(masked_then_norm(layer, self.norms[i], h)))
             gate = self.skip_gates[str(i)] if str(i) in self.skip_gates else None
             h = z + torch.sigmoid(gate) * h if gate is not None else z
         return self.layers[-1](h)
@@ -222,7 +232,7 @@ class MorphoNetCNN(MorphoModel):
                              f"or flattened rows, got shape {tuple(x.shape)}")
         for i in range(self.n_convs):
             post = self.conv_post[i]
-            x = post["act"](post["norm"](self.layers[i](x)))
+            x = post["act"](masked_then_norm(self.layers[i], post["norm"], x))
             if self._pool[i]:
                 x = _max_pool(x)
         h = self.drop(x.flatten(1))

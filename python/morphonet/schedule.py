@@ -64,7 +64,8 @@ def unit_scores(layer, by: str = "mask") -> torch.Tensor:
 def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask") -> int:
     """Hard-prune the live mask units with the smallest mask value σ(M/T), across all layers,
     until the fraction of pruned connections reaches ``target`` (never beyond it by more than
-    one unit). Returns the number of connections pruned by this call.
+    one unit). Each layer keeps at least its best unit. Returns the number of connections
+    pruned by this call.
 
     Units are ranked by their mask value; a unit covering s connections counts s. Progressive:
     called after every epoch with the schedule's current target, so structure commits
@@ -80,6 +81,9 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask") -> int
     scores, sizes, owner, index = [], [], [], []
     for li, layer in enumerate(layers):
         live = ~layer.pruned_units().reshape(-1)
+        # a layer's best unit is never a candidate: pruning a whole layer disconnects the net
+        live[torch.argmax(torch.where(live, unit_scores(layer, by).reshape(-1).float(),
+                                      float("-inf")))] = False
         idx = torch.nonzero(live).flatten()
         scores.append(unit_scores(layer, by).reshape(-1)[idx].float().cpu())
         sizes.append(layer.unit_sizes().reshape(-1).to(idx.device)[idx].float().cpu())
