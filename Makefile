@@ -34,9 +34,10 @@ build/.installed-system: $(SOURCES)
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
+# the main job, short version (under 3 minutes on 2 cores): `morpho compare --quick`;
+# the full table of the README: $(PY) -m morphonet.cli compare  (writes results/compare/)
 demo: setup
-	$(PY) -m morphonet.cli demo
-	$(PY) bench/bench_masked_linear.py --quick --out build/demo_bench.jsonl
+	$(PY) -m morphonet.cli compare --quick --out build/compare-quick
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests

@@ -164,7 +164,12 @@ class SparseLinear(nn.Module):
              optimizer: Optional[torch.optim.Optimizer] = None) -> InsertReport:
         """Insert connections src → dst (see morpho_kernels.insert_connections); values, their
         gradient and the optimizer's per-value state (Adam/AdamW moments, SGD momentum) move
-        with their edges, new slots start at ``init_values`` with zero state."""
+        with their edges, new slots start at ``init_values`` with zero state.
+
+        ``values`` may be replaced by a longer tensor when the capacity grows: run every
+        pending backward and drop references to graphs built on the old values (e.g. the last
+        step's ``loss``) before growing, or backward fails with a gradient-shape mismatch
+        ("got [new capacity] but expected [old capacity]")."""
         if isinstance(init_values, Tensor):
             init_values = init_values.to(self.values.dtype)
         upd = insert_connections(self.edges, src, dst, init_values, max_fan_in, max_fan_out,
