@@ -35,7 +35,7 @@ def _compare(args: argparse.Namespace) -> int:
         cases = [cmp.Case(c.dataset, c.arch, c.hidden_dims, c.target_sparsity, args.epochs,
                           c.config) for c in cases]
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
-    command = "morpho compare " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
+    command = "morpho " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
     print(f"{len(cases)} cases × {len(seeds)} seeds × {len(cmp.METHODS)} methods; writing to "
           f"{args.out}", flush=True)
     t0 = time.perf_counter()
