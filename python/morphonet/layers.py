@@ -123,6 +123,8 @@ class MaskedMixin:
     def penalty(self) -> Tensor:
         """Mean mask value over this layer's connections (each unit weighted by its size):
         the term the layer's ``sparsity_loss`` multiplies. Pruned units contribute 0."""
+        if self.granularity == "element":  # every unit is one connection: no size tensor
+            return self.unit_mask().mean()
         sizes = self.unit_sizes().to(self.mask_logits.device)
         return (self.unit_mask() * sizes).sum() / sizes.sum()
 
