@@ -80,3 +80,25 @@ def test_ensemble_is_mean_of_snapshot_probabilities(tmp_path):
         sm.load_state(7)
     with pytest.raises(ValueError, match="ids"):
         sm.ensemble_predict([], x)
+
+
+def test_growth_snapshot_keeps_the_scoring_batch(tmp_path):
+    # the snapshot saved right before a growth event evaluates on validation: that forward
+    # must not wipe the activations / ∂L/∂z the router ranks and signs its new edges with
+    from morphonet.structure import create_multi_scale_network
+
+    x = torch.randn(12, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(12) % 3
+    model = create_multi_scale_network(5, [6, 4], 3, sparsity=0.3, seed=0,
+                                       snapshot_dir=str(tmp_path), val_data=(x, y))
+    model._score_batch(x, y, torch.nn.CrossEntropyLoss())
+    net = model.network
+    grads = {j: g.clone() for j, g in net.pre_grads.items()}
+    acts = [a.clone() for a in net.activations]
+    assert set(grads) == {1, 2, 3}
+    assert model._snapshot(0, reason="growth") is not None
+    assert set(net.pre_grads) == set(grads)
+    for j, g in grads.items():
+        assert torch.equal(net.pre_grads[j], g)
+    assert all(torch.equal(a, b) for a, b in zip(net.activations, acts))
+    assert not net.track and not net.record_grads

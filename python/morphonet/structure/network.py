@@ -176,7 +176,8 @@ class MinimalNetwork(nn.Module):
             raise ValueError(f"x must be (batch, {self.capacity[0]}), got "
                              f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
         h = [x]
-        self.pre_grads = {}
+        if self.record_grads:
+            self.pre_grads = {}  # a plain forward keeps the last scoring batch's gradients
         for j in range(1, self.n_layers + 1):
             z = self.layer(j - 1, j)(h[j - 1])
             for i in range(max(0, j - self.max_skip), j - 1):
