@@ -2,6 +2,8 @@
 logic, and the router's limits (fan-out, new incoming per neuron, radius, reciprocal,
 quiet fallback)."""
 
+import math
+
 import pytest
 import torch
 
@@ -172,3 +174,81 @@ def test_router_clones_saturated_neuron():
     res = ConnectionRouter(seed=0).grow(net, rep, max_structures=3)
     assert res["neurons_added"] == 1 and net.widths()[1] == 6
     torch.testing.assert_close(net(x), before, rtol=0, atol=2e-6)
+
+
+def _scored_net():
+    """A small net with a scored batch (activations and ∂L/∂z of every layer recorded)."""
+    net = MinimalNetwork([6, 7, 5, 3], sparsity=0.4, seed=3)
+    net.record_grads = True
+    x, y = torch.randn(9, 6, generator=torch.Generator().manual_seed(0)), torch.arange(9) % 3
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad],
+                        allow_unused=True)
+    net.record_grads = False
+    return net
+
+
+def test_router_dense_gradient_matches_dense_grad_at():
+    from morpho_kernels import dense_grad_at
+    from morphonet.structure.router import _TargetSpace
+
+    net = _scored_net()
+    rep = _report(net, high={}, low={}, quiet={})
+    ts = _TargetSpace(net, rep, radius=3)
+    for i in range(net.n_layers):
+        g = ts.grad(i)
+        for j in range(i + 1, min(i + net.max_skip, net.n_layers) + 1):
+            rows = g[ts.off[j] - ts.off[i + 1]:ts.off[j + 1] - ts.off[i + 1]]  # (cap_j, cap_i)
+            dst, src = torch.meshgrid(torch.arange(net.capacity[j]),
+                                      torch.arange(net.capacity[i]), indexing="ij")
+            ref = dense_grad_at(net.activations[i], net.pre_grads[j], src.flatten(),
+                                dst.flatten()).view_as(rows)
+            torch.testing.assert_close(rows, ref, rtol=1e-5, atol=1e-6)
+        # existing edges marked exactly as the edge lists hold them
+        for j in range(i + 1, min(i + net.max_skip, net.n_layers) + 1):
+            e = ts.exists[i][ts.off[j] - ts.off[i + 1]:ts.off[j + 1] - ts.off[i + 1]]
+            assert torch.equal(e, net.layer(i, j).edges.to_dense() > 0)
+
+
+def test_router_init_value_is_gradient_aligned_and_fan_in_scaled():
+    net = _scored_net()
+    r = ConnectionRouter(RouterConfig(reciprocal_p=0.0, init_scale=0.5), seed=0)
+    low = {j: list(range(net.capacity[j])) for j in (1, 2)}
+    rep = _report(net, high={0: [0, 1, 2]}, low=low, quiet={3: [0, 1, 2]})
+    g = {(i, j): (net.pre_grads[j].t() @ net.activations[i]) for i in range(3)
+         for j in range(i + 1, 4)}
+    indeg = {j: sum(net.layer(i, j).edges.fan_in() for i in range(j)).tolist() for j in (1, 2, 3)}
+    plan = r.plan(net, rep, max_structures=3)
+    assert plan
+    for st in plan:
+        for i, s, j, t, v in st.edges:
+            gg = float(g[(i, j)][t, s])
+            assert gg != 0.0  # a scored net: every candidate here has a gradient
+            ref = -math.copysign(1.0, gg) * 0.5 / math.sqrt(indeg[j][t] + 1)
+            assert v == pytest.approx(ref, rel=1e-6)
+            indeg[j][t] += 1
+
+
+def test_router_live_first_prefers_targets_with_a_gradient():
+    # layer 2 → output only through neuron 0 of layer 2: the other low neurons of layer 2 are
+    # dead ends (zero gradient), the quiet output neurons are live
+    net = MinimalNetwork([4, 6, 6, 3], sparsity=0.0, min_edges_per_layer=0, seed=0)
+    net.add_connections(2, 3, torch.tensor([0]), torch.tensor([0]), 0.5)
+    net.add_connections(0, 2, torch.tensor([1]), torch.tensor([0]), 0.5)
+    net.record_grads = True
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    loss = torch.nn.functional.cross_entropy(net(x), torch.arange(8) % 3)
+    torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad],
+                        allow_unused=True)
+    net.record_grads = False
+    rep = _report(net, high={0: [0]}, low={2: [0, 1, 2, 3, 4, 5]}, quiet={3: [1, 2]})
+    targets = {}
+    for live in (False, True):
+        r = ConnectionRouter(RouterConfig(reciprocal_p=0.0, fan_out=(4, 4), live_first=live),
+                             seed=0)
+        (st,) = r.plan(net, rep, max_structures=1)
+        targets[live] = {(j, t) for _, _, j, t, _ in st.edges}
+    assert targets[False] <= {(2, t) for t in range(6)}  # low first, dead or not
+    assert (2, 0) in targets[False]
+    # live first: the live low neuron, then the live quiet outputs, then one dead low neuron
+    assert {(2, 0), (3, 1), (3, 2)} <= targets[True] and len(targets[True]) == 4
