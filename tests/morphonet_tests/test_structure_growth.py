@@ -194,7 +194,7 @@ def test_router_dense_gradient_matches_dense_grad_at():
 
     net = _scored_net()
     rep = _report(net, high={}, low={}, quiet={})
-    ts = _TargetSpace(net, rep, radius=3)
+    ts = _TargetSpace(net, rep, radius=3, max_incoming=5)
     for i in range(net.n_layers):
         g = ts.grad(i)
         for j in range(i + 1, min(i + net.max_skip, net.n_layers) + 1):
@@ -252,3 +252,45 @@ def test_router_live_first_prefers_targets_with_a_gradient():
     assert (2, 0) in targets[False]
     # live first: the live low neuron, then the live quiet outputs, then one dead low neuron
     assert {(2, 0), (3, 1), (3, 2)} <= targets[True] and len(targets[True]) == 4
+
+
+def test_router_complete_dead_ends_gives_every_dead_target_an_onward_edge():
+    # only neuron 0 of layer 2 reaches the logits; every low neuron of layer 1 is a dead end
+    net = MinimalNetwork([4, 6, 6, 3], sparsity=0.0, min_edges_per_layer=0, seed=0)
+    net.add_connections(2, 3, torch.tensor([0]), torch.tensor([1]), 0.5)
+    net.add_connections(0, 2, torch.tensor([1]), torch.tensor([0]), 0.5)
+    net.record_grads = True
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
+    loss = torch.nn.functional.cross_entropy(net(x), torch.arange(8) % 3)
+    torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad],
+                        allow_unused=True)
+    net.record_grads = False
+    live = {j: (net.pre_grads[j] != 0).any(0) for j in (1, 2)}  # reference liveness
+    assert not bool(live[1].any()) and live[2].nonzero().flatten().tolist() == [0]
+    rep = _report(net, high={0: [0, 2]}, low={1: list(range(6))}, quiet={})
+    for complete in (False, True):
+        r = ConnectionRouter(RouterConfig(reciprocal_p=0.0, complete_dead_ends=complete),
+                             seed=0)
+        plan = r.plan(net, rep, max_structures=2)
+        assert len(plan) == 2
+        done: set = set()  # targets completed by an earlier structure are live
+        for st in plan:
+            dead = [(j, t) for _, _, j, t, _ in st.edges
+                    if j < 3 and not bool(live[j][t]) and (j, t) not in done]
+            if not complete:
+                assert dead and st.onward == []
+                continue
+            # one onward edge per dead target, into a live neuron (or the logits)
+            assert sorted((j, t) for j, t, *_ in st.onward) == sorted(dead)
+            done.update(dead)
+            for j, _t, m, u, v in st.onward:
+                assert j < m <= 3 and (m == 3 or bool(live[m][u])) and v != 0.0
+            assert st.n_connections == len(st.edges) + len(st.onward)
+        assert not complete or done
+    # applied: every routed target now has an outgoing edge (a path to the logits)
+    res = r.apply(net, plan)
+    assert res["connections_added"] == sum(st.n_connections for st in plan)
+    for st in plan:
+        for _, _, j, t, _ in st.edges:
+            assert any(bool((net.layer(j, m).edges.to_dense()[:, t] > 0).any())
+                       for m in range(j + 1, 4)), (j, t)
