@@ -36,15 +36,17 @@ def _compare(args: argparse.Namespace) -> int:
                           c.config) for c in cases]
     seeds = list(range(args.seeds if args.seeds is not None else (2 if args.quick else 5)))
     command = "morpho " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
-    print(f"{len(cases)} cases × {len(seeds)} seeds × {len(cmp.METHODS)} methods; writing to "
-          f"{args.out}", flush=True)
+    tune = not (args.quick or args.no_tune)
+    n_var = cmp.GRID_SIZE if tune else 1
+    print(f"{len(cases)} cases × {len(seeds)} seeds × {len(cmp.METHODS)} methods × {n_var} "
+          f"variant{'s' if n_var > 1 else ''}; writing to {args.out}", flush=True)
     t0 = time.perf_counter()
-    results = cmp.compare(cases, seeds)
-    meta = {"command": command.strip(), "seconds": time.perf_counter() - t0,
+    results = cmp.compare(cases, seeds, tune=tune)
+    meta = {"command": command.strip(), "seconds": time.perf_counter() - t0, "tuned": tune,
             "cases": [vars(c) if not hasattr(c, "__dataclass_fields__") else
                       {k: getattr(c, k) for k in c.__dataclass_fields__} for c in cases]}
     md, js = cmp.write_outputs(results, Path(args.out), meta)
-    rows = cmp.summarise(results)
+    rows = cmp.summarise(cmp.select(results)[0])
     print("\n" + cmp.markdown_table(rows) + "\n")
     for v in cmp.verdicts(rows):
         print(v)
@@ -62,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     cmp = sub.add_parser("compare", help="dense vs MorphoNet vs magnitude pruning on moons, "
                          "blobs-5c, digits and MNIST-1D (the main job)")
     cmp.add_argument("--quick", action="store_true",
-                     help="MLP cases only, 30 epochs, 2 seeds (under 3 minutes on 2 cores)")
+                     help="MLP cases only, 30 epochs, 2 seeds, default variants only (under 3 "
+                     "minutes on 2 cores)")
+    cmp.add_argument("--no-tune", action="store_true",
+                     help="run only each method's default variant (no selection on validation)")
     cmp.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5)")
     cmp.add_argument("--epochs", type=int, default=None, help="override every case's epochs")
     cmp.add_argument("--datasets", nargs="+", default=None,

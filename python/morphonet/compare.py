@@ -5,12 +5,18 @@ budget, the same batch size and the same splits:
 
 - ``dense``: plain ``nn.Linear`` / ``nn.Conv`` network, AdamW, the best validation epoch kept;
 - ``morphonet``: the MorphoNet model trained by `MorphoTrainer` to ``target_sparsity``;
-- ``magnitude``: the dense network trained for ⅔ of the budget, pruned with
+- ``magnitude``: the dense network trained for part of the budget (⅔ by default), pruned with
   ``torch.nn.utils.prune.global_unstructured`` (L1) to MorphoNet's final density, then
-  fine-tuned for the remaining ⅓ (best validation epoch of the fine-tuning kept).
+  fine-tuned for the rest (best validation epoch of the fine-tuning kept).
 
-Model selection uses the validation split only; the test split is evaluated once per run at
-the end. Every figure is the mean ± std over seeds (each seed draws the data split, the
+Hyperparameters are chosen on the validation split, with the same budget for every method:
+each method has a grid of `GRID_SIZE` variants (`grid`: dense — weight decay × learning rate;
+MorphoNet — pruning score × pruning window; magnitude — when the one-shot pruning happens), every
+variant is trained on every seed, and the variant with the best *mean validation accuracy* over
+the seeds is the one reported. ``--quick`` runs only each method's default variant. All
+variants' figures are kept in ``compare.json``. Model selection (best epoch) uses the
+validation split too; the test split is evaluated once per run at the end and never chooses
+anything. Every figure is the mean ± std over seeds (each seed draws the data split, the
 initialisation and the batch order). "weights" counts live weights of the linear / conv layers
 (the dense model's count is the reference of the ×-ratio); "params" adds biases and norm
 parameters (never mask logits).
@@ -66,6 +72,42 @@ FULL_CASES = [
 ]
 
 
+GRID_SIZE = 4
+
+
+def grid(method: str, epochs: int) -> list[tuple[str, dict[str, Any]]]:
+    """The hyperparameter variants of ``method`` (name, overrides), the default first.
+
+    Overrides are MorphoConfig fields, except ``prune_at`` of magnitude pruning (the fraction
+    of the epochs trained dense before the one-shot global pruning). Every method gets
+    `GRID_SIZE` variants, so no method has more chances on the validation split (MorphoNet
+    fewer on runs of a handful of epochs, too short for an early pruning window).
+    """
+    if method == "dense":
+        return [("default", {}), ("wd=0.1", {"weight_decay": 0.1}),
+                ("lr=3e-3", {"weight_lr": 3e-3}),
+                ("lr=3e-3 wd=0.1", {"weight_lr": 3e-3, "weight_decay": 0.1})]
+    if method == "morphonet":
+        # 2 × 2: pruning score (learned mask value, from the seed's 40%-dense mask init; or
+        # saliency |W·σ(M/T)|, from all-open masks) × pruning window (default: warmup to ¾ of
+        # the epochs; early: 5% to 30%, leaving more epochs at the target for selection)
+        warm = max(1, round(0.05 * epochs))
+        end = max(warm + 1, round(0.3 * epochs))
+        early = {"warmup_epochs": warm, "prune_end_epoch": end}
+        sal = {"prune_score": "saliency", "sparse_init": 1.0}
+        out: list[tuple[str, dict[str, Any]]] = [("default", {})]
+        if end < epochs:  # runs of a handful of epochs have no early window
+            out.append((f"prune window {warm}-{end}", early))
+        out.append(("saliency, open init", sal))
+        if end < epochs:
+            out.append((f"saliency, open init, prune window {warm}-{end}", {**sal, **early}))
+        return out
+    if method == "magnitude":
+        return [("prune at 2/3", {"prune_at": 2 / 3}), ("prune at 1/2", {"prune_at": 0.5}),
+                ("prune at 1/3", {"prune_at": 1 / 3}), ("prune at 3/4", {"prune_at": 0.75})]
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
 def quick_cases() -> list[Case]:
     """The `make demo` version: every dataset, fewer epochs (the CNN case left out)."""
     return [Case(c.dataset, c.arch, c.hidden_dims, c.target_sparsity, 30, c.config)
@@ -86,21 +128,25 @@ class RunResult:
     params: int
     dense_weights: int
     seconds: float
+    variant: str = "default"
 
 
 # ---------------------------------------------------------------------------- models
 
 
-def _config(case: Case, data: Dataset, seed: int) -> MorphoConfig:
+def _config(case: Case, data: Dataset, seed: int,
+            overrides: Optional[dict[str, Any]] = None) -> MorphoConfig:
+    fields = {**case.config, **(overrides or {})}
     return MorphoConfig(input_dim=data.n_features, n_classes=data.n_classes,
                         hidden_dims=list(case.hidden_dims), network_type=case.arch,
                         target_sparsity=case.target_sparsity, epochs=case.epochs, seed=seed,
-                        use_skip_connections=False, device="cpu", **case.config)
+                        use_skip_connections=False, device="cpu", **fields)
 
 
-def morpho_model(case: Case, data: Dataset, seed: int):
-    """The MorphoNet model of a case."""
-    cfg = _config(case, data, seed)
+def morpho_model(case: Case, data: Dataset, seed: int,
+                 overrides: Optional[dict[str, Any]] = None):
+    """The MorphoNet model of a case (``overrides``: MorphoConfig fields of a grid variant)."""
+    cfg = _config(case, data, seed, overrides)
     if case.arch == "mlp":
         return MorphoNetMLP(cfg)
     return MorphoNetCNN(cfg, input_shape=data.input_shape)
@@ -183,21 +229,26 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((model(x).argmax(-1) == y).float().mean())
 
 
-def run_dense(case: Case, data: Dataset, seed: int) -> RunResult:
+def run_dense(case: Case, data: Dataset, seed: int, overrides: Optional[dict[str, Any]] = None,
+              variant: str = "default") -> RunResult:
+    """Dense training with the best validation epoch kept."""
     torch.manual_seed(seed)
     model = dense_model(case, data, seed)
-    cfg = _config(case, data, seed)
+    cfg = _config(case, data, seed, overrides)
     t0 = time.perf_counter()
     val = _fit(model, data, case.epochs, seed, True, cfg)
     secs = time.perf_counter() - t0
     w, p = _count_dense(model)
     return RunResult(case.dataset, case.arch, "dense", seed, _accuracy(model, data.test.x,
-                     data.test.y), val, w, p, w, secs)
+                     data.test.y), val, w, p, w, secs, variant)
 
 
-def run_morphonet(case: Case, data: Dataset, seed: int) -> RunResult:
+def run_morphonet(case: Case, data: Dataset, seed: int,
+                  overrides: Optional[dict[str, Any]] = None,
+                  variant: str = "default") -> RunResult:
+    """MorphoTrainer to the case's target sparsity, its best validation epoch kept."""
     torch.manual_seed(seed)
-    model = morpho_model(case, data, seed)
+    model = morpho_model(case, data, seed, overrides)
     t0 = time.perf_counter()
     stats = MorphoTrainer(model).train(data.train.x, data.train.y, data.val.x, data.val.y,
                                        verbose=False)
@@ -205,16 +256,24 @@ def run_morphonet(case: Case, data: Dataset, seed: int) -> RunResult:
     dense_w = _count_dense(dense_model(case, data, seed))[0]
     _, acc = evaluate(model, data.test.x, data.test.y)
     return RunResult(case.dataset, case.arch, "morphonet", seed, acc, stats["best_val_acc"],
-                     model.n_live(), stats["effective_params"], dense_w, secs)
+                     model.n_live(), stats["effective_params"], dense_w, secs, variant)
 
 
-def run_magnitude(case: Case, data: Dataset, seed: int, density: float) -> RunResult:
-    """Dense training for ⅔ of the epochs, global L1 pruning to ``density``, fine-tuning."""
+def run_magnitude(case: Case, data: Dataset, seed: int, density: float,
+                  overrides: Optional[dict[str, Any]] = None,
+                  variant: str = "default") -> RunResult:
+    """Dense training for ``prune_at`` (default ⅔) of the epochs, global L1 pruning to
+    ``density``, fine-tuning for the rest (its best validation epoch kept)."""
+    overrides = dict(overrides or {})
+    prune_at = overrides.pop("prune_at", 2 / 3)
+    if not 0 < prune_at < 1:
+        raise ValueError(f"prune_at must be in (0, 1), got {prune_at!r}")
     torch.manual_seed(seed)
     model = dense_model(case, data, seed)
-    cfg = _config(case, data, seed)
+    cfg = _config(case, data, seed, overrides)
     dense_w = _count_dense(model)[0]
-    first = max(1, (2 * case.epochs) // 3)
+    first = min(case.epochs - 1, max(1, int(prune_at * case.epochs + 1e-9))) \
+        if case.epochs > 1 else 1
     t0 = time.perf_counter()
     _fit(model, data, first, seed, False, cfg)
     params = [(m, "weight") for m in _weighted(model)]
@@ -224,40 +283,70 @@ def run_magnitude(case: Case, data: Dataset, seed: int, density: float) -> RunRe
     secs = time.perf_counter() - t0
     w, p = _count_dense(model)
     return RunResult(case.dataset, case.arch, "magnitude", seed, _accuracy(
-        model, data.test.x, data.test.y), val, w, p, dense_w, secs)
+        model, data.test.x, data.test.y), val, w, p, dense_w, secs, variant)
 
 
 # ---------------------------------------------------------------------------- the job
 
 
 def compare(cases: list[Case], seeds: list[int],
-            progress: Optional[Callable[[str], None]] = None) -> list[RunResult]:
-    """Train every method of every case for every seed; returns one RunResult per run."""
+            progress: Optional[Callable[[str], None]] = None,
+            tune: bool = True) -> list[RunResult]:
+    """Train every grid variant (`grid`; only the default one when ``tune`` is False) of every
+    method of every case for every seed; returns one RunResult per run. `select` then keeps
+    each method's variant with the best mean validation accuracy."""
     results: list[RunResult] = []
-    bar = _progress_bar(len(cases) * len(seeds) * len(METHODS), progress is None)
-    for case in cases:
+    grids = {(i, m): grid(m, c.epochs)[:None if tune else 1]
+             for i, c in enumerate(cases) for m in METHODS}
+    total = sum(len(g) for g in grids.values()) * len(seeds)
+    bar = _progress_bar(total, progress is None)
+    for ci, case in enumerate(cases):
         for seed in seeds:
             data = load_dataset(case.dataset, seed=seed)
+            density = None
             for method in METHODS:
-                label = f"{case.dataset}/{case.arch} seed {seed} {method}"
-                if bar is not None:
-                    bar.set_description(label)
-                if method == "dense":
-                    r = run_dense(case, data, seed)
-                elif method == "morphonet":
-                    r = run_morphonet(case, data, seed)
-                    density = r.weights / r.dense_weights
-                else:
-                    r = run_magnitude(case, data, seed, density)
-                results.append(r)
-                if bar is not None:
-                    bar.update(1)
-                elif progress is not None:
-                    progress(f"{label}: test {r.test_acc:.3f}, {r.weights} weights, "
-                             f"{r.seconds:.1f} s")
+                for name, overrides in grids[(ci, method)]:
+                    label = f"{case.dataset}/{case.arch} seed {seed} {method} [{name}]"
+                    if bar is not None:
+                        bar.set_description(label)
+                    if method == "dense":
+                        r = run_dense(case, data, seed, overrides, name)
+                    elif method == "morphonet":
+                        r = run_morphonet(case, data, seed, overrides, name)
+                        # every variant enforces the same target; the default's density is
+                        # the one magnitude pruning is given
+                        density = r.weights / r.dense_weights if density is None else density
+                    else:
+                        r = run_magnitude(case, data, seed, density, overrides, name)
+                    results.append(r)
+                    if bar is not None:
+                        bar.update(1)
+                    elif progress is not None:
+                        progress(f"{label}: val {r.val_acc:.3f}, {r.weights} weights, "
+                                 f"{r.seconds:.1f} s")
     if bar is not None:
         bar.close()
     return results
+
+
+def select(results: list[RunResult]) -> tuple[list[RunResult], list[dict[str, Any]]]:
+    """Per (dataset, arch, method), keep the variant with the best mean validation accuracy
+    over the seeds (ties: the earlier variant of the grid, i.e. the default). Returns the
+    chosen runs and one row per variant (mean val accuracy, seeds, chosen or not); the test
+    split plays no part in the choice."""
+    groups: dict[tuple, dict[str, list[RunResult]]] = {}
+    for r in results:
+        groups.setdefault((r.dataset, r.arch, r.method), {}).setdefault(r.variant, []).append(r)
+    chosen: list[RunResult] = []
+    table: list[dict[str, Any]] = []
+    for (ds, arch, method), variants in groups.items():
+        means = {v: statistics.fmean(r.val_acc for r in rs) for v, rs in variants.items()}
+        best = max(means, key=lambda v: (means[v], -list(variants).index(v)))
+        chosen += variants[best]
+        table += [{"dataset": ds, "arch": arch, "method": method, "variant": v,
+                   "val_acc": means[v], "seeds": len(variants[v]), "chosen": v == best}
+                  for v in variants]
+    return chosen, table
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -275,6 +364,8 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
         groups.setdefault((r.dataset, r.arch, r.method), []).append(r)
     rows = []
     for (ds, arch, method), rs in groups.items():
+        if len({r.variant for r in rs}) > 1:
+            raise ValueError(f"{ds}/{arch}/{method} holds several variants: `select` first")
         def ms(vals: list[float]) -> tuple[float, float]:
             return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
@@ -283,7 +374,8 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
         ratio, ratio_sd = ms([r.weights / r.dense_weights for r in rs])
         secs, secs_sd = ms([r.seconds for r in rs])
         params, params_sd = ms([float(r.params) for r in rs])
-        rows.append({"dataset": ds, "arch": arch, "method": method, "seeds": len(rs),
+        rows.append({"dataset": ds, "arch": arch, "method": method, "variant": rs[0].variant,
+                     "seeds": len(rs),
                      "test_acc": acc, "test_acc_std": acc_sd, "val_acc": val,
                      "val_acc_std": val_sd, "weight_ratio": ratio,
                      "weight_ratio_std": ratio_sd, "params": params, "params_std": params_sd,
@@ -294,12 +386,13 @@ def summarise(results: list[RunResult]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The summary as a Markdown table."""
-    lines = ["| dataset | arch | method | test accuracy | val accuracy | weights (× dense) | "
-             "params | train time (s) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | arch | method | variant (chosen on val) | test accuracy | val accuracy "
+             "| weights (× dense) | params | train time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pub = f" (published {r['published']:.0%})" if r.get("published") else ""
         lines.append(
-            f"| {r['dataset']} | {r['arch']} | {r['method']} | "
+            f"| {r['dataset']} | {r['arch']} | {r['method']} | {r.get('variant', 'default')} | "
             f"{100 * r['test_acc']:.1f} ± {100 * r['test_acc_std']:.1f}%{pub} | "
             f"{100 * r['val_acc']:.1f} ± {100 * r['val_acc_std']:.1f}% | "
             f"{r['weight_ratio']:.3f} ± {r['weight_ratio_std']:.3f} | "
@@ -334,14 +427,31 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def variants_table(table: list[dict[str, Any]]) -> str:
+    """Every grid variant's mean validation accuracy as Markdown (the chosen ones marked)."""
+    lines = ["| dataset | arch | method | variant | mean val accuracy | chosen |",
+             "|---|---|---|---|---|---|"]
+    for t in table:
+        lines.append(f"| {t['dataset']} | {t['arch']} | {t['method']} | {t['variant']} | "
+                     f"{100 * t['val_acc']:.2f}% | {'✓' if t['chosen'] else ''} |")
+    return "\n".join(lines)
+
+
 def write_outputs(results: list[RunResult], out_dir: Path, meta: dict[str, Any]) -> tuple[Path,
                                                                                           Path]:
-    """Write ``compare.md`` and ``compare.json`` (every run plus the summary) atomically."""
+    """Select each method's variant on validation (`select`), then write ``compare.md`` and
+    ``compare.json`` (the summary, the variant table and every run of every variant)
+    atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = summarise(results)
+    chosen, table = select(results)
+    ids = {id(r) for r in chosen}
+    rows = summarise(chosen)
     md = (f"# morpho compare\n\n{meta.get('command', '')}\n\n{markdown_table(rows)}\n\n"
-          + "\n".join(f"- {v}" for v in verdicts(rows)) + "\n")
-    payload = {"meta": meta, "summary": rows, "runs": [asdict(r) for r in results]}
+          + "\n".join(f"- {v}" for v in verdicts(rows)) + "\n\n"
+          "## Hyperparameter variants (chosen by mean validation accuracy over the seeds; "
+          "the test split chooses nothing)\n\n" + variants_table(table) + "\n")
+    payload = {"meta": meta, "summary": rows, "variants": table,
+               "runs": [asdict(r) | {"chosen": id(r) in ids} for r in results]}
     paths = out_dir / "compare.md", out_dir / "compare.json"
     for path, text in zip(paths, (md, json.dumps(payload, indent=1))):
         tmp = path.with_suffix(path.suffix + ".tmp")

@@ -417,17 +417,48 @@ def test_seed_save_load_recipe_restores_the_model(tmp_path):
 
 def test_compare_runs_and_writes_tables(tmp_path):
     out = subprocess.run([sys.executable, "-m", "morphonet.cli", "compare", "--datasets", "moons",
-                          "--seeds", "2", "--epochs", "3", "--out", str(tmp_path)],
+                          "--seeds", "2", "--epochs", "6", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 
+    from morphonet.compare import grid
+
     data = json.loads((tmp_path / "compare.json").read_text())
     methods = {r["method"] for r in data["summary"]}
-    assert methods == {"dense", "morphonet", "magnitude"} and len(data["runs"]) == 6
+    assert methods == {"dense", "morphonet", "magnitude"}
+    n_variants = sum(len(grid(m, 6)) for m in methods)
+    assert len(data["runs"]) == 2 * n_variants and len(data["variants"]) == n_variants
+    chosen = [r for r in data["runs"] if r["chosen"]]
+    assert len(chosen) == 6
+    for m in methods:  # one variant per method, the one with the best mean validation accuracy
+        variants = {v["variant"]: v["val_acc"] for v in data["variants"] if v["method"] == m}
+        picked = {r["variant"] for r in chosen if r["method"] == m}
+        assert len(picked) == 1 and variants[picked.pop()] == max(variants.values())
     morpho = [r for r in data["runs"] if r["method"] == "morphonet"]
     mag = [r for r in data["runs"] if r["method"] == "magnitude"]
     # magnitude pruning is given exactly MorphoNet's final weight count
-    assert [r["weights"] for r in morpho] == [r["weights"] for r in mag]
+    assert {r["weights"] for r in morpho} == {r["weights"] for r in mag}
     assert all(0.2 <= r["weights"] / r["dense_weights"] <= 0.3 for r in morpho)
-    assert "| moons | mlp | morphonet |" in (tmp_path / "compare.md").read_text()
+    text = (tmp_path / "compare.md").read_text()
+    assert "| moons | mlp | morphonet |" in text and "Hyperparameter variants" in text
+
+
+def test_select_chooses_on_validation_never_test():
+    from morphonet.compare import RunResult, select, summarise
+
+    def run(variant, seed, val, test):
+        return RunResult("moons", "mlp", "dense", seed, test, val, 10, 12, 10, 1.0, variant)
+
+    # variant "b" has the better mean validation accuracy, "a" the better test accuracy
+    runs = [run("a", 0, 0.80, 0.99), run("a", 1, 0.90, 0.99),
+            run("b", 0, 0.88, 0.50), run("b", 1, 0.86, 0.50)]
+    chosen, table = select(runs)
+    assert [r.variant for r in chosen] == ["b", "b"]
+    assert {t["variant"]: t["chosen"] for t in table} == {"a": False, "b": True}
+    assert summarise(chosen)[0]["test_acc"] == 0.50
+    # a tie keeps the grid's earlier variant
+    tie = [run("a", 0, 0.8, 0.1), run("b", 0, 0.8, 0.9)]
+    assert [r.variant for r in select(tie)[0]] == ["a"]
+    with pytest.raises(ValueError, match="several variants"):
+        summarise(runs)
