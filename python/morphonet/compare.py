@@ -294,36 +294,46 @@ def compare(cases: list[Case], seeds: list[int],
             tune: bool = True) -> list[RunResult]:
     """Train every grid variant (`grid`; only the default one when ``tune`` is False) of every
     method of every case for every seed; returns one RunResult per run. `select` then keeps
-    each method's variant with the best mean validation accuracy."""
+    each method's variant with the best mean validation accuracy.
+
+    Per case, dense and every MorphoNet variant run first; MorphoNet's variant is then chosen
+    on validation, and every magnitude-pruning variant of a seed is pruned to exactly the
+    weight count of that seed's *chosen* MorphoNet run (the same density, weight for weight).
+    """
     results: list[RunResult] = []
     grids = {(i, m): grid(m, c.epochs)[:None if tune else 1]
              for i, c in enumerate(cases) for m in METHODS}
     total = sum(len(g) for g in grids.values()) * len(seeds)
     bar = _progress_bar(total, progress is None)
+
+    def record(r: RunResult, label: str) -> None:
+        results.append(r)
+        if bar is not None:
+            bar.update(1)
+        elif progress is not None:
+            progress(f"{label}: val {r.val_acc:.3f}, {r.weights} weights, {r.seconds:.1f} s")
+
     for ci, case in enumerate(cases):
+        mine: list[RunResult] = []
         for seed in seeds:
             data = load_dataset(case.dataset, seed=seed)
-            density = None
-            for method in METHODS:
+            for method, run in (("dense", run_dense), ("morphonet", run_morphonet)):
                 for name, overrides in grids[(ci, method)]:
                     label = f"{case.dataset}/{case.arch} seed {seed} {method} [{name}]"
                     if bar is not None:
                         bar.set_description(label)
-                    if method == "dense":
-                        r = run_dense(case, data, seed, overrides, name)
-                    elif method == "morphonet":
-                        r = run_morphonet(case, data, seed, overrides, name)
-                        # every variant enforces the same target; the default's density is
-                        # the one magnitude pruning is given
-                        density = r.weights / r.dense_weights if density is None else density
-                    else:
-                        r = run_magnitude(case, data, seed, density, overrides, name)
-                    results.append(r)
-                    if bar is not None:
-                        bar.update(1)
-                    elif progress is not None:
-                        progress(f"{label}: val {r.val_acc:.3f}, {r.weights} weights, "
-                                 f"{r.seconds:.1f} s")
+                    r = run(case, data, seed, overrides, name)
+                    mine.append(r)
+                    record(r, label)
+        chosen = {r.seed: r for r in select([r for r in mine if r.method == "morphonet"])[0]}
+        for seed in seeds:
+            data = load_dataset(case.dataset, seed=seed)
+            density = chosen[seed].weights / chosen[seed].dense_weights
+            for name, overrides in grids[(ci, "magnitude")]:
+                label = f"{case.dataset}/{case.arch} seed {seed} magnitude [{name}]"
+                if bar is not None:
+                    bar.set_description(label)
+                record(run_magnitude(case, data, seed, density, overrides, name), label)
     if bar is not None:
         bar.close()
     return results
