@@ -6,7 +6,8 @@ impl:
   torch_bsr  F.linear(x, W.to_sparse_bsr(b)) (forward only: torch has no BSR backward)
   torch_csr  CPU only: F.linear(x, W.to_sparse_csr()) (forward only)
   regrow     one BlockSparseLinear.regrow of 10% of the blocks (mode `regrow`), with the
-             morpho fwd+bwd step of the same case to compare against
+             morpho fwd+bwd step of the same case to compare against; on CUDA also mode
+             `regrow_graphed`: the same regrow replayed from one CUDA graph (GraphedRegrow)
 mode: fwd (no autograd graph), fwd+bwd (forward, backward to x, values / weight and bias).
 
 Usage:
@@ -121,6 +122,13 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
         record("morpho", "regrow", lambda: layer.regrow(k, scores, optimizer=opt),
                shape={**shape, "regrow_blocks": k},
                extra=lambda med: {"regrow_over_step": med / step})
+        if device.startswith("cuda"):  # the same regrow replayed from one CUDA graph
+            from morpho_kernels.nn import GraphedRegrow
+
+            graphed = GraphedRegrow(layer, k, optimizer=opt)
+            record("morpho", "regrow_graphed", lambda: graphed(scores),
+                   shape={**shape, "regrow_blocks": k},
+                   extra=lambda med: {"regrow_over_step": med / step})
 
 
 def summarize(records: list[dict]) -> str:
@@ -132,8 +140,8 @@ def summarize(records: list[dict]) -> str:
         by.setdefault(key, {})[(r["impl"], r["mode"])] = r
     lines = ["| dtype | n=k | block | sparsity | fwd ms | dense fwd ms | dense/morpho fwd | "
              "bsr/morpho fwd | csr/morpho fwd | fwd+bwd ms | dense/morpho fwd+bwd | "
-             "regrow ms (% of step) | backend |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "regrow ms (% of step) | graphed regrow ms (% of step) | backend |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
     def ratio(c, peer, mode):
         return (f"{c[(peer, mode)]['median_ms'] / c[('morpho', mode)]['median_ms']:.2f}"
@@ -144,14 +152,14 @@ def summarize(records: list[dict]) -> str:
         mf, mb = c.get(("morpho", "fwd")), c.get(("morpho", "fwd+bwd"))
         if not (mf and mb and ("dense", "fwd") in c):
             continue
-        rg = c.get(("morpho", "regrow"))
-        rg_s = (f"{rg['median_ms']:.3f} ({100 * rg['median_ms'] / mb['median_ms']:.1f}%)"
-                if rg else "n/a")
+        rg_s, rgg_s = (
+            f"{r['median_ms']:.3f} ({100 * r['median_ms'] / mb['median_ms']:.1f}%)" if r else "n/a"
+            for r in (c.get(("morpho", "regrow")), c.get(("morpho", "regrow_graphed"))))
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:.2f} | {mf['median_ms']:.3f} | "
             f"{c[('dense', 'fwd')]['median_ms']:.3f} | {ratio(c, 'dense', 'fwd')} | "
             f"{ratio(c, 'torch_bsr', 'fwd')} | {ratio(c, 'torch_csr', 'fwd')} | "
-            f"{mb['median_ms']:.3f} | {ratio(c, 'dense', 'fwd+bwd')} | {rg_s} | "
+            f"{mb['median_ms']:.3f} | {ratio(c, 'dense', 'fwd+bwd')} | {rg_s} | {rgg_s} | "
             f"{mf['backend']} |")
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ BlockSparseLinear (live b×b blocks), SparseLinear (edge lists, defined in _nn_s
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -151,7 +152,7 @@ class MaskedLinear(nn.Module):
 __all__ = ["MaskedLinear"]
 
 
-__all__ = ["BlockSparseLinear", "MaskedLinear", "SparseLinear"]
+__all__ = ["BlockSparseLinear", "GraphedRegrow", "MaskedLinear", "SparseLinear"]
 
 _INDEX_BUFFERS = ("rows", "cols", "row_ptr", "row_order", "col_ptr", "col_order")
 
@@ -335,3 +336,73 @@ class BlockSparseLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, block_size={self.block_size}, "
                 f"blocks={self.values.shape[0]}, density={self.density():.3f}")
+
+
+class GraphedRegrow:
+    """`BlockSparseLinear.regrow` captured once into a CUDA graph and replayed.
+
+    An eager regrow is a few dozen small kernels (top-k, sorts, index updates, optimizer
+    resets) whose launch overhead dominates on a GPU; because `regrow` never synchronises with
+    the host, the whole sequence can be captured for a fixed ``drop`` and replayed with one
+    launch. Each call copies ``grow_scores`` into the graph's static input, replays, and
+    returns the (``drop``,) slots that changed (a static tensor, overwritten by the next call).
+    The result equals ``layer.regrow(drop, grow_scores, optimizer)``: drops by the L2 norm of
+    the values, grows the highest scores with zero values, zeroes the optimizer moments of the
+    regrown slots.
+
+    Requirements, checked here: a CUDA layer; with ``optimizer``, its per-value state must
+    already exist (take one step first). The graph holds the addresses of the layer's values,
+    index buffers and optimizer state: rebuild it after anything that reallocates them
+    (``load_state_dict`` of the optimizer, ``.to()``, a new optimizer). The warm-up needed
+    before capture runs on a copy of the layer, so constructing this changes nothing.
+    """
+
+    def __init__(self, layer: BlockSparseLinear, drop: int,
+                 optimizer: torch.optim.Optimizer | None = None):
+        if not isinstance(layer, BlockSparseLinear):
+            raise TypeError(f"layer must be a BlockSparseLinear, got {type(layer).__name__}")
+        dev = layer.values.device
+        if dev.type != "cuda":
+            raise ValueError(f"GraphedRegrow needs a CUDA layer (CUDA graphs); the layer is on "
+                             f"{dev}: call layer.regrow(...) there")
+        grid = layer.layout.grid
+        n_blocks = grid[0] * grid[1]
+        capacity = layer.values.shape[0]
+        if isinstance(drop, bool) or not isinstance(drop, int) or not (
+                0 < drop <= min(capacity, n_blocks - capacity)):
+            raise ValueError(f"drop must be an int in [1, {min(capacity, n_blocks - capacity)}] "
+                             f"for {capacity} live of {n_blocks} blocks, got {drop!r}")
+        if optimizer is not None:
+            state = optimizer.state.get(layer.values, {})
+            if not any(isinstance(v, Tensor) and v.shape == layer.values.shape
+                       for v in state.values()) and not _stateless(optimizer):
+                raise ValueError("the optimizer has no state for layer.values yet: take one "
+                                 "optimizer step before capturing the regrow")
+        self.layer, self.drop, self.optimizer = layer, drop, optimizer
+        self.scores = torch.zeros(grid, device=dev, dtype=torch.float32)
+        # warm up (lazy kernel initialisation) on a side stream, on a copy: a regrow changes
+        # the layout, and constructing this object must not
+        scratch = copy.deepcopy(layer)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            scratch.regrow(drop, self.scores)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        del scratch
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.slots = layer.regrow(drop, self.scores, optimizer=optimizer)
+
+    def __call__(self, grow_scores: Tensor) -> Tensor:
+        """Regrow with ``grow_scores`` ((out/b, in/b)); returns the changed slots."""
+        if not isinstance(grow_scores, Tensor) or grow_scores.shape != self.scores.shape:
+            raise ValueError(f"grow_scores must be a tensor of shape {tuple(self.scores.shape)}")
+        self.scores.copy_(grow_scores)
+        self.graph.replay()
+        return self.slots
+
+
+def _stateless(optimizer: torch.optim.Optimizer) -> bool:
+    """Plain SGD without momentum keeps no per-parameter tensors."""
+    return isinstance(optimizer, torch.optim.SGD) and not any(
+        g.get("momentum", 0) for g in optimizer.param_groups)

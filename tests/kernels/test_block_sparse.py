@@ -9,7 +9,7 @@ from tolerances import assert_matches
 
 import morpho_kernels as mk
 from morpho_kernels import BlockSparseLayout, reference
-from morpho_kernels.nn import BlockSparseLinear
+from morpho_kernels.nn import BlockSparseLinear, GraphedRegrow
 from morpho_kernels.ops import block_sparse_linear as bs_mod
 
 BLOCKS = [16, 32, 64, 128]
@@ -372,6 +372,14 @@ def test_module_autocast_and_compile():
     torch.testing.assert_close(compiled(x), m(x))
 
 
+def test_graphed_regrow_rejects_what_it_cannot_capture():
+    m = BlockSparseLinear(64, 64, block_size=16, density=0.5)
+    with pytest.raises(ValueError, match="needs a CUDA layer"):
+        GraphedRegrow(m, 2)
+    with pytest.raises(TypeError, match="BlockSparseLinear"):
+        GraphedRegrow(torch.nn.Linear(4, 4), 2)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
@@ -394,3 +402,52 @@ def test_gpu_regrow_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert_layout_consistent(layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt_name", ["adamw", "sgd"])
+def test_gpu_graphed_regrow_equals_eager(opt_name):
+    """Replays of the captured regrow change the layout, the values and the optimizer state
+    exactly as eager regrows with the same scores do, and capture itself changes nothing."""
+    torch.manual_seed(0)
+    make_opt = {"adamw": lambda p: torch.optim.AdamW(p, lr=1e-2),
+                "sgd": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9)}[opt_name]
+    eager = BlockSparseLinear(512, 256, block_size=32, density=0.3, device="cuda")
+    graphed = BlockSparseLinear(512, 256, block_size=32, density=0.3, device="cuda")
+    opts = [make_opt(m.parameters()) for m in (eager, graphed)]
+    x = torch.randn(16, 256, device="cuda")
+
+    def train_eager_and_mirror():
+        # the graphed layer receives eager's tensors in place (the graph keeps its addresses),
+        # so the comparison never depends on two backward passes agreeing bit for bit
+        for m, o in zip((eager, graphed), opts):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+        sd = graphed.state_dict()
+        for k, v in eager.state_dict().items():
+            sd[k].copy_(v)
+        st0, st1 = opts[0].state[eager.values], opts[1].state[graphed.values]
+        for k, v in st0.items():
+            if torch.is_tensor(v):
+                st1[k].copy_(v)
+
+    train_eager_and_mirror()
+    before = {k: v.clone() for k, v in graphed.state_dict().items()}
+    regrow = GraphedRegrow(graphed, 7, optimizer=opts[1])
+    for k, v in graphed.state_dict().items():
+        assert torch.equal(v, before[k]), f"capture changed {k}"
+    for step in range(4):
+        scores = torch.rand(eager.layout.grid, device="cuda")
+        s_eager = eager.regrow(7, scores, optimizer=opts[0])
+        s_graph = regrow(scores)
+        assert torch.equal(s_eager, s_graph)
+        for k, v in eager.state_dict().items():
+            assert torch.equal(v, graphed.state_dict()[k]), f"step {step}: {k} differs"
+        st0, st1 = opts[0].state[eager.values], opts[1].state[graphed.values]
+        for k, v in st0.items():
+            if torch.is_tensor(v) and v.shape == eager.values.shape:
+                assert torch.equal(v, st1[k]), f"step {step}: optimizer {k} differs"
+        assert_layout_consistent(graphed.layout)
+        train_eager_and_mirror()
+    torch.testing.assert_close(graphed(x), graphed.to_linear()(x))
