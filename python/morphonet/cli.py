@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -41,11 +43,21 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"{len(cases)} cases × {len(seeds)} seeds × {len(cmp.METHODS)} methods × {n_var} "
           f"variant{'s' if n_var > 1 else ''}; writing to {args.out}", flush=True)
     t0 = time.perf_counter()
-    results = cmp.compare(cases, seeds, tune=tune)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "runs.partial.jsonl"  # every finished run, kept if the job is interrupted
+    partial.unlink(missing_ok=True)
+
+    def keep(r) -> None:
+        with partial.open("a") as f:
+            f.write(json.dumps(asdict(r)) + "\n")
+
+    results = cmp.compare(cases, seeds, tune=tune, on_result=keep)
     meta = {"command": command.strip(), "seconds": time.perf_counter() - t0, "tuned": tune,
             "cases": [vars(c) if not hasattr(c, "__dataclass_fields__") else
                       {k: getattr(c, k) for k in c.__dataclass_fields__} for c in cases]}
-    md, js = cmp.write_outputs(results, Path(args.out), meta)
+    md, js = cmp.write_outputs(results, out, meta)
+    partial.unlink(missing_ok=True)  # everything is in compare.json now
     rows = cmp.summarise(cmp.select(results)[0])
     print("\n" + cmp.markdown_table(rows) + "\n")
     for v in cmp.verdicts(rows):

@@ -291,7 +291,8 @@ def run_magnitude(case: Case, data: Dataset, seed: int, density: float,
 
 def compare(cases: list[Case], seeds: list[int],
             progress: Optional[Callable[[str], None]] = None,
-            tune: bool = True) -> list[RunResult]:
+            tune: bool = True,
+            on_result: Optional[Callable[[RunResult], None]] = None) -> list[RunResult]:
     """Train every grid variant (`grid`; only the default one when ``tune`` is False) of every
     method of every case for every seed; returns one RunResult per run. `select` then keeps
     each method's variant with the best mean validation accuracy.
@@ -299,6 +300,8 @@ def compare(cases: list[Case], seeds: list[int],
     Per case, dense and every MorphoNet variant run first; MorphoNet's variant is then chosen
     on validation, and every magnitude-pruning variant of a seed is pruned to exactly the
     weight count of that seed's *chosen* MorphoNet run (the same density, weight for weight).
+    ``on_result`` receives every run as soon as it ends (the CLI appends it to a file, so an
+    interrupted job keeps what it finished).
     """
     results: list[RunResult] = []
     grids = {(i, m): grid(m, c.epochs)[:None if tune else 1]
@@ -308,6 +311,8 @@ def compare(cases: list[Case], seeds: list[int],
 
     def record(r: RunResult, label: str) -> None:
         results.append(r)
+        if on_result is not None:
+            on_result(r)
         if bar is not None:
             bar.update(1)
         elif progress is not None:

@@ -443,6 +443,7 @@ def test_compare_runs_and_writes_tables(tmp_path):
     assert all(0.2 <= r["weights"] / r["dense_weights"] <= 0.3 for r in morpho)
     text = (tmp_path / "compare.md").read_text()
     assert "| moons | mlp | morphonet |" in text and "Hyperparameter variants" in text
+    assert not (tmp_path / "runs.partial.jsonl").exists()  # kept only if interrupted
 
 
 def test_select_chooses_on_validation_never_test():
@@ -463,3 +464,12 @@ def test_select_chooses_on_validation_never_test():
     assert [r.variant for r in select(tie)[0]] == ["a"]
     with pytest.raises(ValueError, match="several variants"):
         summarise(runs)
+
+
+def test_compare_hands_every_run_to_on_result_as_it_ends():
+    from morphonet.compare import Case, compare
+
+    seen = []
+    case = Case("moons", "mlp", [16, 8], 0.75, 3)
+    runs = compare([case], [0], tune=False, on_result=seen.append)
+    assert seen == runs and [r.method for r in runs] == ["dense", "morphonet", "magnitude"]
