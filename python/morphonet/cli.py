@@ -60,6 +60,9 @@ def _compare(args: argparse.Namespace) -> int:
     partial.unlink(missing_ok=True)  # everything is in compare.json now
     rows = cmp.summarise(cmp.select(results)[0])
     print("\n" + cmp.markdown_table(rows) + "\n")
+    if not tune or len(seeds) < 5 or any(c.epochs != 100 for c in cases):
+        print("(a shortened run: the verdicts below are of this run only; the issue's figures "
+              "come from the full `morpho compare`, 5 seeds, 100 epochs, tuned)")
     for v in cmp.verdicts(rows):
         print(v)
     print(f"\nwritten: {md} and {js} ({meta['seconds']:.0f} s)")
