@@ -361,10 +361,6 @@ class GraphedRegrow:
                  optimizer: torch.optim.Optimizer | None = None):
         if not isinstance(layer, BlockSparseLinear):
             raise TypeError(f"layer must be a BlockSparseLinear, got {type(layer).__name__}")
-        dev = layer.values.device
-        if dev.type != "cuda":
-            raise ValueError(f"GraphedRegrow needs a CUDA layer (CUDA graphs); the layer is on "
-                             f"{dev}: call layer.regrow(...) there")
         grid = layer.layout.grid
         n_blocks = grid[0] * grid[1]
         capacity = layer.values.shape[0]
@@ -373,11 +369,17 @@ class GraphedRegrow:
             raise ValueError(f"drop must be an int in [1, {min(capacity, n_blocks - capacity)}] "
                              f"for {capacity} live of {n_blocks} blocks, got {drop!r}")
         if optimizer is not None:
+            if not any(p is layer.values for g in optimizer.param_groups for p in g["params"]):
+                raise ValueError("optimizer does not hold layer.values")
             state = optimizer.state.get(layer.values, {})
             if not any(isinstance(v, Tensor) and v.shape == layer.values.shape
                        for v in state.values()) and not _stateless(optimizer):
                 raise ValueError("the optimizer has no state for layer.values yet: take one "
                                  "optimizer step before capturing the regrow")
+        dev = layer.values.device
+        if dev.type != "cuda":
+            raise ValueError(f"GraphedRegrow needs a CUDA layer (CUDA graphs); the layer is on "
+                             f"{dev}: call layer.regrow(...) there")
         self.layer, self.drop, self.optimizer = layer, drop, optimizer
         self.scores = torch.zeros(grid, device=dev, dtype=torch.float32)
         # warm up (lazy kernel initialisation) on a side stream, on a copy: a regrow changes

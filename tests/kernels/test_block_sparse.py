@@ -373,11 +373,21 @@ def test_module_autocast_and_compile():
 
 
 def test_graphed_regrow_rejects_what_it_cannot_capture():
-    m = BlockSparseLinear(64, 64, block_size=16, density=0.5)
+    m = BlockSparseLinear(64, 64, block_size=16, density=0.5)  # 8 live of 16 blocks
     with pytest.raises(ValueError, match="needs a CUDA layer"):
         GraphedRegrow(m, 2)
     with pytest.raises(TypeError, match="BlockSparseLinear"):
         GraphedRegrow(torch.nn.Linear(4, 4), 2)
+    for bad in (0, 9, True, 2.0):
+        with pytest.raises(ValueError, match="drop must be an int in \\[1, 8\\]"):
+            GraphedRegrow(m, bad)
+    with pytest.raises(ValueError, match="does not hold layer.values"):
+        GraphedRegrow(m, 2, optimizer=torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]))
+    with pytest.raises(ValueError, match="no state for layer.values"):
+        GraphedRegrow(m, 2, optimizer=torch.optim.Adam(m.parameters()))
+    # plain SGD keeps no state: accepted up to the device check
+    with pytest.raises(ValueError, match="needs a CUDA layer"):
+        GraphedRegrow(m, 2, optimizer=torch.optim.SGD(m.parameters(), lr=0.1))
 
 
 # ----------------------------------------------------------------------------- GPU

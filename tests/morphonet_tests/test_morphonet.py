@@ -473,3 +473,15 @@ def test_compare_hands_every_run_to_on_result_as_it_ends():
     case = Case("moons", "mlp", [16, 8], 0.75, 3)
     runs = compare([case], [0], tune=False, on_result=seen.append)
     assert seen == runs and [r.method for r in runs] == ["dense", "morphonet", "magnitude"]
+
+
+def test_compare_grid_and_prune_point_reject_bad_input():
+    from morphonet.compare import GRID_SIZE, Case, grid, run_magnitude
+    from morphonet.data import load_dataset
+
+    assert all(len(grid(m, 100)) == GRID_SIZE for m in ("dense", "morphonet", "magnitude"))
+    with pytest.raises(ValueError, match="unknown method 'rigl'"):
+        grid("rigl", 100)
+    data = load_dataset("moons", seed=0)
+    with pytest.raises(ValueError, match="prune_at must be in"):
+        run_magnitude(Case("moons", "mlp", [8], 0.75, 3), data, 0, 0.25, {"prune_at": 1.5})
