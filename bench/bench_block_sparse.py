@@ -85,8 +85,15 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
     def record(impl, mode, fn, backend=None, shape=shape, extra=lambda med: {}):
         med, p20, p80 = time_ms(fn, device)
         backend = DISPATCH.last if backend == "morpho" else None  # read after the calls
+        if backend == "triton" and not mode.startswith("regrow"):
+            from morpho_kernels.triton.block_sparse import tuned_configs
+
+            tuned = {"tuned": tuned_configs(tokens, shape["blocks"])}  # what autotune chose
+        else:
+            tuned = {}
         rec.add(**common, shape=shape, impl=impl, mode=mode, median_ms=med, p20_ms=p20,
-                p80_ms=p80, peak_mem_mb=peak_mem_mb(fn, device), backend=backend, **extra(med))
+                p80_ms=p80, peak_mem_mb=peak_mem_mb(fn, device), backend=backend,
+                **tuned, **extra(med))
         return med
 
     def fwd(fn):

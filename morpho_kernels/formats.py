@@ -248,8 +248,9 @@ class BlockSparseLayout:
         if drop == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
         with torch.no_grad():
-            if drop_scores is None:  # one reduction kernel, fp32 accumulation
-                drop_scores = torch.linalg.vector_norm(values, dim=(1, 2), dtype=torch.float32)
+            if drop_scores is None:  # one reduction kernel, fp32 (fp64) accumulation
+                acc = torch.float64 if values.dtype == torch.float64 else torch.float32
+                drop_scores = torch.linalg.vector_norm(values, dim=(1, 2), dtype=acc)
             elif drop_scores.shape != (self.capacity,):
                 raise ValueError(f"drop_scores must have shape ({self.capacity},)")
             slots = torch.topk(_finite(drop_scores.float()), drop, largest=False).indices

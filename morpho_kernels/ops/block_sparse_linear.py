@@ -94,10 +94,11 @@ def _bs_linear_fake(x, values, rows, cols, row_ptr, row_order, col_ptr, col_orde
 # ----------------------------------------------------------------------------- backward op
 
 
-def _backward_triton(g2, x2, values, rows, cols, col_ptr, col_order, k, need_x, need_v):
+def _backward_triton(g2, x2, values, rows, cols, row_order, col_ptr, col_order, k, need_x,
+                     need_v):
     b = values.shape[-1]
     dx = _tk.dsd(g2, values, col_ptr, col_order, rows, k // b, None, False) if need_x else None
-    dv = _tk.sdd(g2, x2, rows, cols, b) if need_v else None
+    dv = _tk.sdd(g2, x2, rows, cols, row_order, b) if need_v else None
     return dx, dv
 
 
@@ -126,8 +127,8 @@ def _bs_linear_backward_op(grad_out: Tensor, x: Tensor, values: Tensor, rows: Te
     g2 = grad_out.reshape(-1, n)  # (tokens, N); may be stride-0 (expanded): kernels take strides
     x2 = x.reshape(-1, k)  # (tokens, K)
     if backend == "triton":
-        dx, dv = _backward_triton(g2, x2, values, rows, cols, col_ptr, col_order, k, need_x,
-                                  need_values)
+        dx, dv = _backward_triton(g2, x2, values, rows, cols, row_order, col_ptr, col_order, k,
+                                  need_x, need_values)
     elif backend == "ext":
         dx, dv = _backward_ext(g2, x2, values, rows, cols, col_ptr, col_order, k, need_x,
                                need_values)

@@ -9,31 +9,68 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   in output block `pb` and walks the slots listed for `pb`, each block split into B/BLOCK_R
   reduction steps (so a 128-wide block still pipelines in shared memory). Forward: A = x,
   pb = block row of W, v read transposed. dX: A = dY, pb = block column, v read as stored.
+  Program order (`GROUP_M`, tuned): 0 walks the token tiles fastest (programs running together
+  share one block row of W); g ≥ 1 walks the output blocks fastest within groups of g token
+  tiles, so the programs running together share a few row panels of A in L2 and A is read
+  from memory about once instead of once per live block of its column.
 * `_bs_sdd_kernel`: dV[s] = dY[:, row block]ᵀ @ x[:, col block] for every live slot (sampled
-  dense-dense): work ∝ live blocks; a TILE × TILE sub-tile per program when B > TILE.
+  dense-dense): work ∝ live blocks; a TILE × TILE sub-tile per program when B > TILE. Tuned:
+  `BY_ROW` visits the slots in block-row order (programs running together share dY panels);
+  `SPLIT_M` > 1 splits the tokens into that many chunks, one program each, accumulated with
+  atomic adds in an fp32 workspace (more programs than slots, and the programs running together
+  read one chunk of x and dY, which fits in L2).
 
-Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid) and bf16 /
-fp16 are upcast before tl.dot (the interpreter's low-precision dot is wrong, DESIGN.md).
+Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid, or the one
+`forced_config` asks for) and bf16 / fp16 are upcast before tl.dot (the interpreter's
+low-precision dot is wrong, DESIGN.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from .masked_linear import INTERPRET, _flags, _on_device
 
+# kernel name -> config kwargs a test asks for (forced_config); empty in normal use
+_FORCED: dict[str, dict] = {}
 
-def _prune(dim: str):
-    """Keep configs whose `dim` fits the block size B; under the interpreter only the largest,
-    and with MORPHO_AUTOTUNE=0 only the first that fits (no benchmarking, e.g. in tests)."""
+
+@contextlib.contextmanager
+def forced_config(kernel: str, **kwargs):
+    """Run `kernel` ("dsd" or "sdd") only with configs whose kwargs include ``kwargs``.
+
+    For tests, so each program order / split of the tuned space is checked under the
+    interpreter, which keeps one config per kernel. Clears the kernel's autotune cache on entry
+    and exit.
+    """
+    k = {"dsd": _bs_dsd_kernel, "sdd": _bs_sdd_kernel}[kernel]
+    _FORCED[kernel] = kwargs
+    k.cache.clear()
+    try:
+        yield
+    finally:
+        _FORCED.pop(kernel, None)
+        k.cache.clear()
+
+
+def _prune(dim: str, kernel: str):
+    """Keep configs whose `dim` fits the block size B (and match a forced_config); under the
+    interpreter only the largest, with MORPHO_AUTOTUNE=0 only the first that fits (no
+    benchmarking, e.g. in tests)."""
 
     def prune(configs, named_args, **kwargs):
         b = kwargs.get("B", named_args.get("B"))
-        ok = [c for c in configs if c.kwargs[dim] <= b]
+        forced = _FORCED.get(kernel, {})
+        ok = [c for c in configs if c.kwargs[dim] <= b
+              and all(c.kwargs.get(n) == v for n, v in forced.items())]
+        if not ok:
+            raise ValueError(f"no {kernel} config fits B={b} with {forced}")
         if INTERPRET:
             return [max(ok, key=lambda c: c.kwargs[dim])]
         if os.environ.get("MORPHO_AUTOTUNE", "1") == "0":
@@ -43,11 +80,22 @@ def _prune(dim: str):
     return {"early_config_prune": prune}
 
 
+def _quick_bench(kernel_call, quantiles):
+    """Autotuning timer: 20 ms per config instead of triton's 100 (the tuned spaces have 24
+    configs per kernel and one tuning per shape, sparsity and direction)."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+_GROUPS = (0, 1, 8)  # dsd program orders (see the module docstring); 0 = the old order
+
+
 def _dsd_configs() -> list:
     if INTERPRET:  # big blocks = few interpreted steps; BLOCK_R pruned to ≤ B
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_R": r}) for r in (16, 32, 64, 128)]
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_R": r, "GROUP_M": g})
+                for g in _GROUPS for r in (16, 32, 64, 128)]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_R": br}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_M": bm, "BLOCK_R": br, "GROUP_M": g}, num_warps=w, num_stages=s)
+        for g in _GROUPS
         for bm, br, w, s in [
             (128, 64, 8, 3),
             (128, 64, 4, 4),
@@ -61,11 +109,25 @@ def _dsd_configs() -> list:
     ]
 
 
+def _zero_workspace(nargs) -> None:
+    nargs["ws_ptr"].zero_()
+
+
+# (BY_ROW, SPLIT_M) of the sdd kernel; (0, 1) = the old behaviour
+_SDD_WALKS = ((0, 1), (1, 1), (1, 4), (1, 16))
+
+
 def _sdd_configs() -> list:
+    def cfg(kw, by_row, split, **launch):
+        return triton.Config({**kw, "BY_ROW": by_row, "SPLIT_M": split},
+                             pre_hook=_zero_workspace if split > 1 else None, **launch)
+
     if INTERPRET:
-        return [triton.Config({"TILE": t, "BLOCK_M": 64}) for t in (16, 32, 64, 128)]
+        return [cfg({"TILE": t, "BLOCK_M": 64}, by_row, split)
+                for by_row, split in ((0, 1), (1, 1), (1, 4)) for t in (16, 32, 64, 128)]
     return [
-        triton.Config({"TILE": t, "BLOCK_M": bm}, num_warps=w, num_stages=s)
+        cfg({"TILE": t, "BLOCK_M": bm}, by_row, split, num_warps=w, num_stages=s)
+        for by_row, split in _SDD_WALKS
         for t, bm, w, s in [
             (128, 64, 8, 3),
             (128, 32, 8, 4),
@@ -77,17 +139,28 @@ def _sdd_configs() -> list:
     ]
 
 
-@triton.autotune(configs=_dsd_configs(), key=["M", "P", "B"], prune_configs_by=_prune("BLOCK_R"))
+@triton.autotune(configs=_dsd_configs(), key=["M", "P", "B", "CAP", "stride_vr"],
+                 prune_configs_by=_prune("BLOCK_R", "dsd"), do_bench=_quick_bench)
 @triton.jit
 def _bs_dsd_kernel(
     a_ptr, v_ptr, ptr_ptr, order_ptr, sidx_ptr, bias_ptr, c_ptr,  # pointers
-    M, P,  # sizes: rows of A and C, columns of C
+    M, P, NPB, CAP,  # sizes: rows of A and C, columns of C, output blocks, live blocks (tuning)
     stride_am, stride_ar, stride_cm, stride_cp, stride_vr, stride_vp,  # strides
     HAS_BIAS: tl.constexpr, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
-    UPCAST: tl.constexpr, IS_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    GROUP_M: tl.constexpr, UPCAST: tl.constexpr, IS_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pb = tl.program_id(1)  # output block: block row of W (forward) or block column (dX)
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    if GROUP_M == 0:  # token tiles fastest
+        pid_m = pid % num_m
+        pb = pid // num_m  # output block: block row of W (forward) or block column (dX)
+    else:  # output blocks fastest, within groups of GROUP_M token tiles
+        in_group = GROUP_M * NPB
+        first_m = (pid // in_group) * GROUP_M
+        size = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % in_group) % size
+        pb = (pid % in_group) // size
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_p = tl.arange(0, B)
     offs_r = tl.arange(0, BLOCK_R)
@@ -120,16 +193,21 @@ def _bs_dsd_kernel(
              acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & (cols[None, :] < P))
 
 
-@triton.autotune(configs=_sdd_configs(), key=["M", "B"], prune_configs_by=_prune("TILE"))
+@triton.autotune(configs=_sdd_configs(), key=["M", "B", "CAP"],
+                 prune_configs_by=_prune("TILE", "sdd"), do_bench=_quick_bench)
 @triton.jit
 def _bs_sdd_kernel(
-    dy_ptr, x_ptr, rows_ptr, cols_ptr, dv_ptr,  # pointers
-    M,  # sizes: tokens
-    stride_dm, stride_dn, stride_xm, stride_xk,  # strides (dv is contiguous (C, B, B))
-    B: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
-    UPCAST: tl.constexpr, IS_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr, x_ptr, rows_ptr, cols_ptr, order_ptr, dv_ptr, ws_ptr,  # pointers
+    M, CAP,  # sizes: tokens, live blocks
+    stride_dm, stride_dn, stride_xm, stride_xk,  # strides (dv, ws are contiguous (C, B, B))
+    B: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BY_ROW: tl.constexpr,
+    SPLIT_M: tl.constexpr, UPCAST: tl.constexpr, IS_FP32: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
-    s = tl.program_id(0).to(tl.int64)
+    if BY_ROW:  # slots in block-row order
+        s = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
+    else:
+        s = tl.program_id(0).to(tl.int64)
     NT: tl.constexpr = B // TILE
     t = tl.program_id(1)
     ti = t // NT
@@ -139,10 +217,14 @@ def _bs_sdd_kernel(
     offs_t = tl.arange(0, TILE)
     offs_n = r * B + ti * TILE + offs_t
     offs_k = c * B + tj * TILE + offs_t
+    # this program's chunk of the tokens: [m_lo, m_hi), whole BLOCK_M steps
+    m_per = tl.cdiv(tl.cdiv(M, SPLIT_M), BLOCK_M) * BLOCK_M
+    m_lo = tl.program_id(2) * m_per
+    m_hi = tl.minimum(M, m_lo + m_per)
     acc = tl.zeros((TILE, TILE), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
+    for m0 in range(m_lo, m_hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        m_mask = offs_m < M
+        m_mask = offs_m < m_hi
         dyt = tl.load(dy_ptr + offs_m[None, :] * stride_dm + offs_n[:, None] * stride_dn,
                       mask=m_mask[None, :], other=0.0)  # (TILE, BLOCK_M) = dYᵀ
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
@@ -154,8 +236,22 @@ def _bs_sdd_kernel(
             acc = tl.dot(dyt, x, acc, input_precision=PRECISION)
         else:
             acc = tl.dot(dyt, x, acc)
-    out = dv_ptr + s * (B * B) + (ti * TILE + offs_t)[:, None] * B + (tj * TILE + offs_t)[None, :]
-    tl.store(out, acc.to(dv_ptr.dtype.element_ty))
+    at = s * (B * B) + (ti * TILE + offs_t)[:, None] * B + (tj * TILE + offs_t)[None, :]
+    if SPLIT_M == 1:
+        tl.store(dv_ptr + at, acc.to(dv_ptr.dtype.element_ty))
+    else:  # partial sums of the chunks meet in the fp32 workspace (zeroed by the pre_hook)
+        tl.atomic_add(ws_ptr + at, acc)
+
+
+def tuned_configs(tokens: int, capacity: int) -> dict[str, list[str]]:
+    """The configs the autotuner chose so far for calls with these tokens and live blocks
+    (strings such as "BLOCK_M: 128, BLOCK_R: 64, GROUP_M: 1, num_warps: 8, ..."), per kernel;
+    benchmarks record them next to their timings."""
+    out: dict[str, list[str]] = {}
+    for name, kernel, cap_at in (("dsd", _bs_dsd_kernel, 3), ("sdd", _bs_sdd_kernel, 2)):
+        out[name] = sorted({str(cfg) for key, cfg in kernel.cache.items()
+                            if key[0] == tokens and key[cap_at] == capacity})
+    return out
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -181,11 +277,11 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     sidx = idx.index_select(0, order.long()) if order.numel() else idx
     bias = bias.contiguous() if bias is not None else None
     svr, svp = (1, b) if transpose else (b, 1)
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), n_out_blocks)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * n_out_blocks,)
     with _on_device(a):
         _bs_dsd_kernel[grid](
             a, values, ptr, order, sidx, bias if bias is not None else c, c,
-            m, p,
+            m, p, n_out_blocks, values.shape[0],
             a.stride(0), a.stride(1), c.stride(0), c.stride(1), svr, svp,
             HAS_BIAS=bias is not None, B=b, **_flags(a.dtype),
         )
@@ -193,8 +289,11 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
 
 
 def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-        block: int) -> torch.Tensor:
-    """dV (C, B, B): dV[s] = dY[:, rows[s]-block]ᵀ @ x[:, cols[s]-block] for every slot."""
+        row_order: torch.Tensor, block: int) -> torch.Tensor:
+    """dV (C, B, B): dV[s] = dY[:, rows[s]-block]ᵀ @ x[:, cols[s]-block] for every slot.
+
+    `row_order`: the slots in block-row order (the layout's), for the BY_ROW walk.
+    """
     m = x.shape[0]
     cap = rows.shape[0]
     dv = torch.empty((cap, block, block), device=x.device, dtype=x.dtype)
@@ -202,12 +301,17 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
         return dv
     if m == 0:
         return dv.zero_()
-    grid = lambda meta: (cap, (block // meta["TILE"]) ** 2)
+    # fp32 workspace of the SPLIT_M configs (their pre_hook zeroes it); fp32 sums in place
+    ws = dv if dv.dtype == torch.float32 else torch.empty(dv.shape, device=dv.device,
+                                                          dtype=torch.float32)
+    grid = lambda meta: (cap, (block // meta["TILE"]) ** 2, meta["SPLIT_M"])
     with _on_device(x):
         _bs_sdd_kernel[grid](
-            grad_out, x, rows, cols, dv,
-            m,
+            grad_out, x, rows, cols, row_order, dv, ws,
+            m, cap,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
             B=block, **_flags(x.dtype),
         )
+    if ws is not dv and _bs_sdd_kernel.best_config.kwargs["SPLIT_M"] > 1:
+        dv.copy_(ws)
     return dv

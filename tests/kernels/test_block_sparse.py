@@ -222,6 +222,47 @@ def test_single_token_and_all_dead_rows(backend_name, backend):
     check_backend(backend_name, (1,), (2, 2), 16, 0.0, torch.float32, backend, full_row=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("walk", [{"GROUP_M": 0}, {"GROUP_M": 1}, {"GROUP_M": 8},
+                                  {"BY_ROW": 0, "SPLIT_M": 1}, {"BY_ROW": 1, "SPLIT_M": 1},
+                                  {"BY_ROW": 1, "SPLIT_M": 4}], ids=str)
+def test_triton_every_program_order_and_token_split(walk, dtype, backend):
+    """Each tuned walk of the kernels (dsd program order; sdd slot order and token split with
+    fp32 atomics) against the reference, on a layout whose slots are out of row order (after
+    regrows) and 600 tokens: 10 tiles of 64, so GROUP_M=8 leaves a ragged last group and
+    SPLIT_M=4 a ragged last chunk."""
+    from morpho_kernels.triton import block_sparse as tbs
+    g = torch.Generator().manual_seed(5)
+    block, grid = 16, (5, 6)
+    layout = random_layout(grid, 0.5, block, seed=2, empty_row=1, full_row=3)
+    vals = torch.randn(layout.capacity, block, block, generator=g, dtype=torch.float64)
+    for _ in range(3):
+        layout.regrow(vals, 3, torch.rand(grid, generator=g))
+        vals += torch.randn(vals.shape, generator=g, dtype=torch.float64)
+    assert layout.row_order.tolist() != sorted(layout.row_order.tolist())
+    n, k = grid[0] * block, grid[1] * block
+    x = torch.randn(600, k, generator=g, dtype=torch.float64) / math.sqrt(k)
+    bias = torch.randn(n, generator=g, dtype=torch.float64)
+    grad = torch.randn(600, n, generator=g, dtype=torch.float64)
+    ref = lambda x_, v_, b_: reference.block_sparse_linear(x_, v_, layout.rows,  # noqa: E731
+                                                           layout.cols, n, b_)
+    truth_y, truth_g = _run(ref, (x, vals, bias), grad, torch.float64, "cpu")
+    ref_y, ref_g = _run(ref, (x, vals, bias), grad, dtype, "cpu")
+    dev_layout = BlockSparseLayout(layout.rows.to(TRITON_DEVICE), layout.cols.to(TRITON_DEVICE),
+                                   layout.shape, block)  # the same shuffled slots
+    backend("triton")
+    kernel = "dsd" if "GROUP_M" in walk else "sdd"
+    op = lambda x_, v_, b_: mk.block_sparse_linear(x_, v_, dev_layout, b_)  # noqa: E731
+    with tbs.forced_config(kernel, **walk):
+        y, grads = _run(op, (x, vals, bias), grad, dtype, TRITON_DEVICE)
+        chosen = (tbs._bs_dsd_kernel if kernel == "dsd" else tbs._bs_sdd_kernel).best_config
+    assert all(chosen.kwargs[name] == v for name, v in walk.items())
+    assert bs_mod.DISPATCH.last == "triton"
+    assert_matches(y.cpu(), ref_y, truth_y, "y")
+    for name, got, r, t in zip(("dx", "dvalues", "dbias"), grads, ref_g, truth_g):
+        assert_matches(got.cpu(), r, t, name)
+
+
 @pytest.mark.parametrize("backend_name", ["reference", "ext"])
 def test_gradcheck_float64(backend_name, backend):
     _skip_unavailable(backend_name)
