@@ -39,7 +39,7 @@ from torch.nn.utils import prune
 
 from .config import MorphoConfig
 from .data import Dataset, load_dataset
-from .models import MorphoNetCNN, MorphoNetMLP
+from .models import _ACTIVATIONS, MorphoNetCNN, MorphoNetMLP
 from .train import MorphoTrainer, evaluate
 
 METHODS = ("dense", "morphonet", "magnitude")
@@ -72,7 +72,7 @@ FULL_CASES = [
 ]
 
 
-GRID_SIZE = 4
+GRID_SIZE = 5
 
 
 def grid(method: str, epochs: int) -> list[tuple[str, dict[str, Any]]]:
@@ -81,16 +81,21 @@ def grid(method: str, epochs: int) -> list[tuple[str, dict[str, Any]]]:
     Overrides are MorphoConfig fields, except ``prune_at`` of magnitude pruning (the fraction
     of the epochs trained dense before the one-shot global pruning). Every method gets
     `GRID_SIZE` variants, so no method has more chances on the validation split (MorphoNet
-    fewer on runs of a handful of epochs, too short for an early pruning window).
+    fewer on runs of a handful of epochs, too short for an early pruning window). Every method
+    has one batchnorm variant (the dense peer and magnitude pruning build the same layers as
+    MorphoNet, `dense_model`).
     """
+    bn = {"use_batchnorm": True}
     if method == "dense":
         return [("default", {}), ("wd=0.1", {"weight_decay": 0.1}),
                 ("lr=3e-3", {"weight_lr": 3e-3}),
-                ("lr=3e-3 wd=0.1", {"weight_lr": 3e-3, "weight_decay": 0.1})]
+                ("lr=3e-3 wd=0.1", {"weight_lr": 3e-3, "weight_decay": 0.1}),
+                ("batchnorm", bn)]
     if method == "morphonet":
         # 2 × 2: pruning score (learned mask value, from the seed's 40%-dense mask init; or
         # saliency |W·σ(M/T)|, from all-open masks) × pruning window (default: warmup to ¾ of
-        # the epochs; early: 5% to 30%, leaving more epochs at the target for selection)
+        # the epochs; early: 5% to 30%, leaving more epochs at the target for selection);
+        # then the early window with batchnorm
         warm = max(1, round(0.05 * epochs))
         end = max(warm + 1, round(0.3 * epochs))
         early = {"warmup_epochs": warm, "prune_end_epoch": end}
@@ -101,10 +106,14 @@ def grid(method: str, epochs: int) -> list[tuple[str, dict[str, Any]]]:
         out.append(("saliency, open init", sal))
         if end < epochs:
             out.append((f"saliency, open init, prune window {warm}-{end}", {**sal, **early}))
+            out.append((f"prune window {warm}-{end}, batchnorm", {**early, **bn}))
+        else:
+            out.append(("batchnorm", bn))
         return out
     if method == "magnitude":
         return [("prune at 2/3", {"prune_at": 2 / 3}), ("prune at 1/2", {"prune_at": 0.5}),
-                ("prune at 1/3", {"prune_at": 1 / 3}), ("prune at 3/4", {"prune_at": 0.75})]
+                ("prune at 1/3", {"prune_at": 1 / 3}), ("prune at 3/4", {"prune_at": 0.75}),
+                ("prune at 1/2, batchnorm", {"prune_at": 0.5, **bn})]
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
 
 
@@ -152,29 +161,46 @@ def morpho_model(case: Case, data: Dataset, seed: int,
     return MorphoNetCNN(cfg, input_shape=data.input_shape)
 
 
-def dense_model(case: Case, data: Dataset, seed: int) -> nn.Module:
-    """The dense peer with exactly the MorphoNet model's shapes (plain torch layers)."""
-    cfg = _config(case, data, seed)
+def dense_model(case: Case, data: Dataset, seed: int,
+                overrides: Optional[dict[str, Any]] = None) -> nn.Module:
+    """The dense peer with exactly the MorphoNet model's shapes and layer options (plain torch
+    layers): activation, batchnorm (``use_batchnorm``), dropout and pooling as in
+    `MorphoNetMLP` / `MorphoNetCNN` (no skip connections: compare turns them off for both)."""
+    cfg = _config(case, data, seed, overrides)
+    act = _ACTIVATIONS[cfg.activation]
     layers: list[nn.Module] = []
     if case.arch == "cnn":
         shape = data.input_shape
-        conv = nn.Conv1d if len(shape) == 2 else nn.Conv2d
+        dims = len(shape) - 1
+        conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+        pool = nn.MaxPool1d(2) if dims == 1 else nn.MaxPool2d(2)
         layers.append(nn.Unflatten(1, shape))
         c = shape[0]
         for c_out in cfg.conv_channels:
             layers += [conv(c, c_out, cfg.kernel_size, cfg.conv_stride, cfg.conv_padding,
-                            cfg.conv_dilation, cfg.conv_groups), nn.ReLU()]
+                            cfg.conv_dilation, cfg.conv_groups),
+                       norm(c_out) if cfg.use_batchnorm else nn.Identity(), act()]
             c = c_out
-        layers.append(nn.Flatten())
-        with torch.no_grad():
-            width = nn.Sequential(*layers)(torch.zeros(1, data.n_features)).shape[1]
+            if cfg.pool and min(_probe(layers, data.n_features).shape[2:]) >= 2:
+                layers.append(pool)  # as MorphoNetCNN: pool while the map is ≥ 2 wide
+        layers += [nn.Flatten(), nn.Dropout(cfg.dropout)]
+        width = _probe(layers, data.n_features).shape[1]
     else:
         width = data.n_features
     for h in cfg.hidden_dims:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [nn.Linear(width, h)]
+        if case.arch == "mlp" and cfg.use_batchnorm:  # MorphoNetCNN norms its convs only
+            layers.append(nn.BatchNorm1d(h))
+        layers += [act(), nn.Dropout(cfg.dropout)]
         width = h
     layers.append(nn.Linear(width, data.n_classes))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers).train()
+
+
+@torch.no_grad()
+def _probe(layers: list[nn.Module], n_features: int) -> Tensor:
+    """Output of ``layers`` for zero input (eval mode: no batchnorm statistics change)."""
+    return nn.Sequential(*layers).eval()(torch.zeros(1, n_features))
 
 
 def _weighted(model: nn.Module) -> list[nn.Module]:
@@ -233,7 +259,7 @@ def run_dense(case: Case, data: Dataset, seed: int, overrides: Optional[dict[str
               variant: str = "default") -> RunResult:
     """Dense training with the best validation epoch kept."""
     torch.manual_seed(seed)
-    model = dense_model(case, data, seed)
+    model = dense_model(case, data, seed, overrides)
     cfg = _config(case, data, seed, overrides)
     t0 = time.perf_counter()
     val = _fit(model, data, case.epochs, seed, True, cfg)
@@ -269,7 +295,7 @@ def run_magnitude(case: Case, data: Dataset, seed: int, density: float,
     if not 0 < prune_at < 1:
         raise ValueError(f"prune_at must be in (0, 1), got {prune_at!r}")
     torch.manual_seed(seed)
-    model = dense_model(case, data, seed)
+    model = dense_model(case, data, seed, overrides)
     cfg = _config(case, data, seed, overrides)
     dense_w = _count_dense(model)[0]
     first = min(case.epochs - 1, max(1, int(prune_at * case.epochs + 1e-9))) \

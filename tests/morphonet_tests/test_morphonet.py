@@ -485,3 +485,39 @@ def test_compare_grid_and_prune_point_reject_bad_input():
     data = load_dataset("moons", seed=0)
     with pytest.raises(ValueError, match="prune_at must be in"):
         run_magnitude(Case("moons", "mlp", [8], 0.75, 3), data, 0, 0.25, {"prune_at": 1.5})
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_compare_dense_peer_mirrors_morphonet_layers(arch):
+    """The dense peer (and magnitude pruning's model) has MorphoNet's weights and norm
+    parameters, with batchnorm, dropout and pooling as configured, and its outputs follow the
+    same layer order: copying MorphoNet's weights into it (masks open) gives the same logits."""
+    from morphonet.compare import Case, _count_dense, dense_model, morpho_model
+    from morphonet.data import load_dataset
+
+    data = load_dataset("mnist1d" if arch == "cnn" else "moons", seed=0)
+    extra = {"conv_channels": [4, 6], "kernel_size": 3, "pool": True} if arch == "cnn" else {}
+    case = Case(data.name, arch, [16, 8], 0.5, 2, extra)
+    over = {"use_batchnorm": True, "dropout": 0.25, "sparse_init": 1.0, "mask_init": 30.0}
+    dense = dense_model(case, data, 0, over)
+    morpho = morpho_model(case, data, 0, over)
+    assert _count_dense(dense)[1] == morpho.count_params()[0]
+    kinds = [type(m).__name__ for m in dense]
+    assert "Dropout" in kinds and any(k.startswith("BatchNorm") for k in kinds)
+    if arch == "cnn":
+        assert "MaxPool1d" in kinds
+    weighted = [m for m in dense if hasattr(m, "weight") and m.weight.dim() > 1]
+    norms = [m for m in dense if type(m).__name__.startswith("BatchNorm")]
+    with torch.no_grad():
+        for d, m in zip(weighted, morpho.layers, strict=True):
+            d.weight.copy_(m.weight)
+            d.bias.copy_(m.bias)
+        m_norms = [mod for mod in morpho.modules() if type(mod).__name__.startswith("BatchNorm")]
+        for d, m in zip(norms, m_norms, strict=True):
+            d.load_state_dict(m.state_dict())
+        for layer in morpho.layers:  # temperature low: σ(30/T) is 1 to the last bit
+            layer.set_temperature(0.5)
+    dense.eval()
+    morpho.eval()
+    x = data.val.x[:32]
+    torch.testing.assert_close(dense(x), morpho(x), atol=1e-5, rtol=1e-5)
