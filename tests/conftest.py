@@ -12,6 +12,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU the block-sparse kernels run their first fitting config instead of benchmarking the
+# whole tuned space per shape (minutes of compiling); the other program orders / token splits
+# are each checked by test_triton_every_program_order_and_token_split (forced_config).
+os.environ.setdefault("MORPHO_AUTOTUNE", "0")
 
 HAS_CUDA = torch.cuda.is_available()
 # Device the Triton backend is tested on: the GPU, or CPU tensors through the interpreter.
