@@ -23,9 +23,27 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render(cmp, out: Path) -> int:
+    """Rewrite compare.md / compare.json of an earlier run from its compare.json (no training)."""
+    path = out / "compare.json"
+    if not path.exists():
+        print(f"--render: no {path} (run `morpho compare --out {out}` first)", file=sys.stderr)
+        return 2
+    results, meta = cmp.load_runs(path)
+    md, js = cmp.write_outputs(results, out, meta)
+    rows = cmp.summarise(cmp.select(results)[0])
+    print(cmp.markdown_table(rows) + "\n")
+    for v in cmp.verdicts(rows):
+        print(v)
+    print(f"\nrewritten from the {len(results)} recorded runs: {md} and {js}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from . import compare as cmp
 
+    if args.render:
+        return _render(cmp, Path(args.out))
     cases = cmp.quick_cases() if args.quick else list(cmp.FULL_CASES)
     if args.datasets:
         unknown = sorted(set(args.datasets) - {c.dataset for c in cmp.FULL_CASES})
@@ -88,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--datasets", nargs="+", default=None,
                      help="subset of: moons blobs-5c digits mnist1d")
     cmp.add_argument("--out", default="results/compare", help="output directory")
+    cmp.add_argument("--render", action="store_true",
+                     help="train nothing: rewrite compare.md / .json in --out from the runs "
+                     "recorded in its compare.json")
     cmp.set_defaults(func=_compare, argv=argv)
     try:
         from .structure.cli import add_grow_parser

@@ -468,6 +468,33 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def paired(chosen: list[RunResult]) -> list[dict[str, Any]]:
+    """Per (dataset, arch, sparse method): the test accuracy minus the dense peer's on the same
+    seed (same data draw and split), mean ± std over seeds, and on how many seeds the sparse
+    method is at least as accurate. How large a gap is next to the seed-to-seed noise."""
+    dense = {(r.dataset, r.arch, r.seed): r for r in chosen if r.method == "dense"}
+    groups: dict[tuple, list[float]] = {}
+    for r in chosen:
+        d = dense.get((r.dataset, r.arch, r.seed))
+        if r.method != "dense" and d is not None:
+            groups.setdefault((r.dataset, r.arch, r.method), []).append(r.test_acc - d.test_acc)
+    return [{"dataset": ds, "arch": arch, "method": m, "seeds": len(v),
+             "diff": statistics.fmean(v), "diff_std": statistics.stdev(v) if len(v) > 1 else 0.0,
+             "at_least_dense": sum(x >= 0 for x in v)}
+            for (ds, arch, m), v in groups.items()]
+
+
+def paired_table(rows: list[dict[str, Any]]) -> str:
+    """`paired` as Markdown."""
+    lines = ["| dataset | arch | method | test acc − dense (points, same seed) | seeds ≥ dense |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['arch']} | {r['method']} | "
+                     f"{100 * r['diff']:+.2f} ± {100 * r['diff_std']:.2f} | "
+                     f"{r['at_least_dense']} of {r['seeds']} |")
+    return "\n".join(lines)
+
+
 def variants_table(table: list[dict[str, Any]]) -> str:
     """Every grid variant's mean validation accuracy as Markdown (the chosen ones marked)."""
     lines = ["| dataset | arch | method | variant | mean val accuracy | chosen |",
@@ -478,20 +505,31 @@ def variants_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def load_runs(path: Path) -> tuple[list[RunResult], dict[str, Any]]:
+    """(every run, meta) of a ``compare.json`` written by `write_outputs`."""
+    data = json.loads(Path(path).read_text())
+    names = RunResult.__dataclass_fields__
+    return [RunResult(**{k: v for k, v in r.items() if k in names}) for r in data["runs"]], \
+        data["meta"]
+
+
 def write_outputs(results: list[RunResult], out_dir: Path, meta: dict[str, Any]) -> tuple[Path,
                                                                                           Path]:
     """Select each method's variant on validation (`select`), then write ``compare.md`` and
-    ``compare.json`` (the summary, the variant table and every run of every variant)
-    atomically."""
+    ``compare.json`` (the summary, the paired differences, the variant table and every run of
+    every variant) atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen, table = select(results)
     ids = {id(r) for r in chosen}
     rows = summarise(chosen)
+    pairs = paired(chosen)
     md = (f"# morpho compare\n\n{meta.get('command', '')}\n\n{markdown_table(rows)}\n\n"
           + "\n".join(f"- {v}" for v in verdicts(rows)) + "\n\n"
+          "## Paired by seed (each seed draws the data and the split; the chosen variants)\n\n"
+          + paired_table(pairs) + "\n\n"
           "## Hyperparameter variants (chosen by mean validation accuracy over the seeds; "
           "the test split chooses nothing)\n\n" + variants_table(table) + "\n")
-    payload = {"meta": meta, "summary": rows, "variants": table,
+    payload = {"meta": meta, "summary": rows, "paired": pairs, "variants": table,
                "runs": [asdict(r) | {"chosen": id(r) in ids} for r in results]}
     paths = out_dir / "compare.md", out_dir / "compare.json"
     for path, text in zip(paths, (md, json.dumps(payload, indent=1))):

@@ -444,6 +444,23 @@ def test_compare_runs_and_writes_tables(tmp_path):
     text = (tmp_path / "compare.md").read_text()
     assert "| moons | mlp | morphonet |" in text and "Hyperparameter variants" in text
     assert not (tmp_path / "runs.partial.jsonl").exists()  # kept only if interrupted
+    # paired by seed: the chosen MorphoNet run minus the chosen dense run of the same seed
+    dense = {r["seed"]: r["test_acc"] for r in chosen if r["method"] == "dense"}
+    diffs = [r["test_acc"] - dense[r["seed"]] for r in chosen if r["method"] == "morphonet"]
+    pm = [p for p in data["paired"] if p["method"] == "morphonet"]
+    assert len(pm) == 1 and pm[0]["diff"] == pytest.approx(sum(diffs) / 2)
+    assert pm[0]["at_least_dense"] == sum(d >= 0 for d in diffs)
+    assert "Paired by seed" in text
+    # --render rewrites the same files from the recorded runs, training nothing
+    (tmp_path / "compare.md").write_text("stale")
+    again = subprocess.run([sys.executable, "-m", "morphonet.cli", "compare", "--render",
+                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "compare.md").read_text() == text
+    missing = subprocess.run([sys.executable, "-m", "morphonet.cli", "compare", "--render",
+                              "--out", str(tmp_path / "none")], capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode == 2 and "no " in missing.stderr
 
 
 def test_select_chooses_on_validation_never_test():
