@@ -10,15 +10,18 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   reduction steps (so a 128-wide block still pipelines in shared memory). Forward: A = x,
   pb = block row of W, v read transposed. dX: A = dY, pb = block column, v read as stored.
   Program order (`GROUP_M`, tuned): 0 walks the token tiles fastest (programs running together
-  share one block row of W); g ≥ 1 walks the output blocks fastest within groups of g token
-  tiles, so the programs running together share a few row panels of A in L2 and A is read
-  from memory about once instead of once per live block of its column.
+  share one block row of W); g ≥ 1 walks groups of g token tiles, each group through all output
+  blocks (within a group the g tiles vary fastest; g = 1: the output blocks), so the programs
+  running together share a few row panels of A in L2 and A is read from memory about once
+  instead of once per live block of its column.
 * `_bs_sdd_kernel`: dV[s] = dY[:, row block]ᵀ @ x[:, col block] for every live slot (sampled
   dense-dense): work ∝ live blocks; a TILE × TILE sub-tile per program when B > TILE. Tuned:
   `BY_ROW` visits the slots in block-row order (programs running together share dY panels);
   `SPLIT_M` > 1 splits the tokens into that many chunks, one program each, accumulated with
   atomic adds in an fp32 workspace (more programs than slots, and the programs running together
-  read one chunk of x and dY, which fits in L2).
+  read one chunk of x and dY, which fits in L2). The atomics sum in a varying order, so these
+  configs are left out under `torch.use_deterministic_algorithms(True)`. With bf16 / fp16 the
+  workspace (fp32, the size of dV) is allocated on every call, used or not.
 
 Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid, or the one
 `forced_config` asks for) and bf16 / fp16 are upcast before tl.dot (the interpreter's
@@ -28,6 +31,7 @@ low-precision dot is wrong, DESIGN.md).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 
 import torch
@@ -69,6 +73,8 @@ def _prune(dim: str, kernel: str):
         forced = _FORCED.get(kernel, {})
         ok = [c for c in configs if c.kwargs[dim] <= b
               and all(c.kwargs.get(n) == v for n, v in forced.items())]
+        if named_args.get("DETERMINISTIC"):  # atomics sum in a varying order: no token split
+            ok = [c for c in ok if c.kwargs.get("SPLIT_M", 1) == 1]
         if not ok:
             raise ValueError(f"no {kernel} config fits B={b} with {forced}")
         if INTERPRET:
@@ -84,6 +90,11 @@ def _quick_bench(kernel_call, quantiles):
     """Autotuning timer: 20 ms per config instead of triton's 100 (the tuned spaces have 24
     configs per kernel and one tuning per shape, sparsity and direction)."""
     return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
+# triton.autotune takes do_bench from Triton 3.1 on (older: its default 100 ms timer)
+_TUNE_KW = ({"do_bench": _quick_bench}
+            if "do_bench" in inspect.signature(triton.autotune).parameters else {})
 
 
 _GROUPS = (0, 1, 8)  # dsd program orders (see the module docstring); 0 = the old order
@@ -124,7 +135,7 @@ def _sdd_configs() -> list:
 
     if INTERPRET:
         return [cfg({"TILE": t, "BLOCK_M": 64}, by_row, split)
-                for by_row, split in ((0, 1), (1, 1), (1, 4)) for t in (16, 32, 64, 128)]
+                for by_row, split in _SDD_WALKS for t in (16, 32, 64, 128)]
     return [
         cfg({"TILE": t, "BLOCK_M": bm}, by_row, split, num_warps=w, num_stages=s)
         for by_row, split in _SDD_WALKS
@@ -140,8 +151,8 @@ def _sdd_configs() -> list:
 
 
 @triton.autotune(configs=_dsd_configs(), key=["M", "P", "B", "CAP", "stride_vr"],
-                 prune_configs_by=_prune("BLOCK_R", "dsd"), do_bench=_quick_bench)
-@triton.jit
+                 prune_configs_by=_prune("BLOCK_R", "dsd"), **_TUNE_KW)
+@triton.jit(do_not_specialize=["CAP"])
 def _bs_dsd_kernel(
     a_ptr, v_ptr, ptr_ptr, order_ptr, sidx_ptr, bias_ptr, c_ptr,  # pointers
     M, P, NPB, CAP,  # sizes: rows of A and C, columns of C, output blocks, live blocks (tuning)
@@ -193,12 +204,12 @@ def _bs_dsd_kernel(
              acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & (cols[None, :] < P))
 
 
-@triton.autotune(configs=_sdd_configs(), key=["M", "B", "CAP"],
-                 prune_configs_by=_prune("TILE", "sdd"), do_bench=_quick_bench)
-@triton.jit
+@triton.autotune(configs=_sdd_configs(), key=["M", "B", "CAP", "DETERMINISTIC"],
+                 prune_configs_by=_prune("TILE", "sdd"), **_TUNE_KW)
+@triton.jit(do_not_specialize=["CAP", "DETERMINISTIC"])
 def _bs_sdd_kernel(
     dy_ptr, x_ptr, rows_ptr, cols_ptr, order_ptr, dv_ptr, ws_ptr,  # pointers
-    M, CAP,  # sizes: tokens, live blocks
+    M, CAP, DETERMINISTIC,  # sizes: tokens, live blocks; tuning: no-atomics flag
     stride_dm, stride_dn, stride_xm, stride_xk,  # strides (dv, ws are contiguous (C, B, B))
     B: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr, BY_ROW: tl.constexpr,
     SPLIT_M: tl.constexpr, UPCAST: tl.constexpr, IS_FP32: tl.constexpr,
@@ -308,7 +319,7 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
     with _on_device(x):
         _bs_sdd_kernel[grid](
             grad_out, x, rows, cols, row_order, dv, ws,
-            m, cap,
+            m, cap, int(torch.are_deterministic_algorithms_enabled()),
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
             B=block, **_flags(x.dtype),
         )

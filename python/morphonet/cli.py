@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--out", default="results/compare", help="output directory")
     cmp.add_argument("--render", action="store_true",
                      help="train nothing: rewrite compare.md / .json in --out from the runs "
-                     "recorded in its compare.json")
+                     "recorded in its compare.json (the other options are ignored)")
     cmp.set_defaults(func=_compare, argv=argv)
     try:
         from .structure.cli import add_grow_parser

@@ -225,12 +225,13 @@ def test_single_token_and_all_dead_rows(backend_name, backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("walk", [{"GROUP_M": 0}, {"GROUP_M": 1}, {"GROUP_M": 8},
                                   {"BY_ROW": 0, "SPLIT_M": 1}, {"BY_ROW": 1, "SPLIT_M": 1},
-                                  {"BY_ROW": 1, "SPLIT_M": 4}], ids=str)
+                                  {"BY_ROW": 1, "SPLIT_M": 4}, {"BY_ROW": 1, "SPLIT_M": 16}],
+                         ids=str)
 def test_triton_every_program_order_and_token_split(walk, dtype, backend):
     """Each tuned walk of the kernels (dsd program order; sdd slot order and token split with
     fp32 atomics) against the reference, on a layout whose slots are out of row order (after
-    regrows) and 600 tokens: 10 tiles of 64, so GROUP_M=8 leaves a ragged last group and
-    SPLIT_M=4 a ragged last chunk."""
+    regrows) and 600 tokens: 10 tiles of 64, so GROUP_M=8 leaves a ragged last group,
+    SPLIT_M=4 a ragged last chunk and SPLIT_M=16 (chunks of 64) six empty ones."""
     from morpho_kernels.triton import block_sparse as tbs
     g = torch.Generator().manual_seed(5)
     block, grid = 16, (5, 6)
@@ -261,6 +262,26 @@ def test_triton_every_program_order_and_token_split(walk, dtype, backend):
     assert_matches(y.cpu(), ref_y, truth_y, "y")
     for name, got, r, t in zip(("dx", "dvalues", "dbias"), grads, ref_g, truth_g):
         assert_matches(got.cpu(), r, t, name)
+
+
+def test_deterministic_mode_leaves_out_the_atomic_token_split(backend):
+    """Under torch.use_deterministic_algorithms the dW kernel never splits the tokens (its fp32
+    atomics sum in a varying order): asking for a split finds no config."""
+    from morpho_kernels.triton import block_sparse as tbs
+    backend("triton")
+    layout, x, v, _, grad = make_case((70,), (2, 2), 16, 0.75, False, full_row=0)
+    x, v = (t.float().to(TRITON_DEVICE).requires_grad_() for t in (x, v))
+    dev = BlockSparseLayout.from_block_mask(layout.block_mask().to(TRITON_DEVICE), 16)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with tbs.forced_config("sdd", SPLIT_M=4), pytest.raises(ValueError, match="no sdd"):
+            mk.block_sparse_linear(x, v, dev).backward(grad.float().to(TRITON_DEVICE))
+        with tbs.forced_config("sdd", BY_ROW=1):
+            mk.block_sparse_linear(x, v, dev).backward(grad.float().to(TRITON_DEVICE))
+            assert tbs._bs_sdd_kernel.best_config.kwargs["SPLIT_M"] == 1
+    finally:
+        torch.use_deterministic_algorithms(prev)
 
 
 @pytest.mark.parametrize("backend_name", ["reference", "ext"])

@@ -507,8 +507,10 @@ def test_compare_grid_and_prune_point_reject_bad_input():
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_compare_dense_peer_mirrors_morphonet_layers(arch):
     """The dense peer (and magnitude pruning's model) has MorphoNet's weights and norm
-    parameters, with batchnorm, dropout and pooling as configured, and its outputs follow the
-    same layer order: copying MorphoNet's weights into it (masks open) gives the same logits."""
+    parameters, with batchnorm, dropout and pooling as configured, in the same order: copying
+    MorphoNet's weights and (randomised, so a norm does not commute with the activation) norm
+    statistics into it gives the same logits in eval mode, and in train mode (batch statistics,
+    dropout) under one seed."""
     from morphonet.compare import Case, _count_dense, dense_model, morpho_model
     from morphonet.data import load_dataset
 
@@ -525,16 +527,28 @@ def test_compare_dense_peer_mirrors_morphonet_layers(arch):
         assert "MaxPool1d" in kinds
     weighted = [m for m in dense if hasattr(m, "weight") and m.weight.dim() > 1]
     norms = [m for m in dense if type(m).__name__.startswith("BatchNorm")]
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for d, m in zip(weighted, morpho.layers, strict=True):
             d.weight.copy_(m.weight)
             d.bias.copy_(m.bias)
         m_norms = [mod for mod in morpho.modules() if type(mod).__name__.startswith("BatchNorm")]
         for d, m in zip(norms, m_norms, strict=True):
+            c = m.num_features  # negative scales and shifts: order against ReLU / pool matters
+            m.weight.copy_(torch.randn(c, generator=g))
+            m.bias.copy_(torch.randn(c, generator=g))
+            m.running_mean.copy_(torch.randn(c, generator=g))
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
             d.load_state_dict(m.state_dict())
         for layer in morpho.layers:  # temperature low: σ(30/T) is 1 to the last bit
             layer.set_temperature(0.5)
+    x = data.val.x[:32]
     dense.eval()
     morpho.eval()
-    x = data.val.x[:32]
     torch.testing.assert_close(dense(x), morpho(x), atol=1e-5, rtol=1e-5)
+    dense.train()
+    morpho.train()
+    torch.manual_seed(7)
+    y_dense = dense(x)
+    torch.manual_seed(7)
+    torch.testing.assert_close(y_dense, morpho(x), atol=1e-5, rtol=1e-5)
