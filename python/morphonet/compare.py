@@ -11,7 +11,8 @@ budget, the same batch size and the same splits:
 
 Hyperparameters are chosen on the validation split, with the same budget for every method:
 each method has a grid of `GRID_SIZE` variants (`grid`: dense — weight decay × learning rate;
-MorphoNet — pruning score × pruning window; magnitude — when the one-shot pruning happens), every
+MorphoNet — pruning score × pruning window; magnitude — when the one-shot pruning happens; and
+one batchnorm variant each, the dense models building MorphoNet's layers, `dense_model`), every
 variant is trained on every seed, and the variant with the best *mean validation accuracy* over
 the seeds is the one reported. ``--quick`` runs only each method's default variant. All
 variants' figures are kept in ``compare.json``. Model selection (best epoch) uses the
