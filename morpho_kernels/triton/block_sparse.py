@@ -53,7 +53,14 @@ def forced_config(kernel: str, **kwargs):
     interpreter, which keeps one config per kernel. Clears the kernel's autotune cache on entry
     and exit.
     """
-    k = {"dsd": _bs_dsd_kernel, "sdd": _bs_sdd_kernel}[kernel]
+    kernels = {"dsd": _bs_dsd_kernel, "sdd": _bs_sdd_kernel}
+    if kernel not in kernels:
+        raise ValueError(f"kernel must be one of {sorted(kernels)}, got {kernel!r}")
+    k = kernels[kernel]
+    names = set().union(*(c.kwargs for c in k.configs))
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ValueError(f"{kernel} configs have no {unknown}; they have {sorted(names)}")
     _FORCED[kernel] = kwargs
     k.cache.clear()
     try:

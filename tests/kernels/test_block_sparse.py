@@ -264,6 +264,17 @@ def test_triton_every_program_order_and_token_split(walk, dtype, backend):
         assert_matches(got.cpu(), r, t, name)
 
 
+def test_forced_config_rejects_unknown_kernel_and_names():
+    from morpho_kernels.triton import block_sparse as tbs
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        with tbs.forced_config("gemm", GROUP_M=1):
+            pass
+    with pytest.raises(ValueError, match=r"sdd configs have no \['SPLITM'\]"):
+        with tbs.forced_config("sdd", SPLITM=4):
+            pass
+    assert tbs._FORCED == {}
+
+
 def test_deterministic_mode_leaves_out_the_atomic_token_split(backend):
     """Under torch.use_deterministic_algorithms the dW kernel never splits the tokens (its fp32
     atomics sum in a varying order): asking for a split finds no config."""

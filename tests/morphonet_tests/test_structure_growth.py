@@ -294,3 +294,21 @@ def test_router_complete_dead_ends_gives_every_dead_target_an_onward_edge():
         for _, _, j, t, _ in st.edges:
             assert any(bool((net.layer(j, m).edges.to_dense()[:, t] > 0).any())
                        for m in range(j + 1, 4)), (j, t)
+
+
+def test_settings_round_trip_through_dicts():
+    from morphonet.structure.extrema import ExtremaConfig
+    from morphonet.structure.router import RouterConfig
+    from morphonet.structure.scheduler import SchedulerConfig
+
+    for cls, change in ((ExtremaConfig, {"high_fraction": 0.9}),
+                        (RouterConfig, {"max_incoming": 7}),
+                        (SchedulerConfig, {})):
+        cfg = cls(**change)
+        d = cfg.to_dict()
+        assert isinstance(d, dict) and all(d[k] == v for k, v in change.items())
+        assert cls.from_dict(d) == cfg
+        with pytest.raises(TypeError):
+            cls.from_dict({**d, "no_such_field": 1})
+    with pytest.raises(ValueError, match="max_incoming|incoming"):
+        RouterConfig.from_dict({**RouterConfig().to_dict(), "max_incoming": -1})

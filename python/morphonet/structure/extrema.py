@@ -21,7 +21,7 @@ layer: it carries (almost) no signal, the router's fallback target.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -29,9 +29,11 @@ from torch import Tensor
 
 from morpho_kernels import ExtremaStats, extrema_stats
 
+from ._dictconfig import DictConfig
+
 
 @dataclass
-class ExtremaConfig:
+class ExtremaConfig(DictConfig):
     """Thresholds of the extrema rules (see the module docstring); fractions in [0, 1]."""
 
     high_fraction: float = 0.95
@@ -58,14 +60,6 @@ class ExtremaConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
 
-    def to_dict(self) -> dict:
-        """Plain dict of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExtremaConfig:
-        """Inverse of to_dict (unknown keys raise TypeError)."""
-        return cls(**d)
 
     def thresholds(self, kind: str) -> tuple[float, float]:
         """(low, high) sample thresholds for ``kind`` in tanh / sigmoid / relu / input /

@@ -47,18 +47,19 @@ Rules (RouterConfig):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ._dictconfig import DictConfig
 from .extrema import LayerExtrema
 from .network import _GAIN, MinimalNetwork
 
 
 @dataclass
-class RouterConfig:
+class RouterConfig(DictConfig):
     """Settings of ConnectionRouter (see the module docstring)."""
 
     radius: int = 3
@@ -89,14 +90,6 @@ class RouterConfig:
             raise ValueError(f"clones_per_event must be an int >= 0, got "
                              f"{self.clones_per_event!r}")
 
-    def to_dict(self) -> dict:
-        """Plain dict of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RouterConfig:
-        """Inverse of to_dict."""
-        return cls(**d)
 
 
 @dataclass

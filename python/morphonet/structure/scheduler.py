@@ -21,13 +21,15 @@ Units, stated once and used everywhere:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from ._dictconfig import DictConfig
 
 PHASES = ("coarse", "medium", "fine")
 
 
 @dataclass
-class SchedulerConfig:
+class SchedulerConfig(DictConfig):
     """Settings of GrowthScheduler (units in the module docstring)."""
 
     window_steps: int = 10
@@ -60,14 +62,6 @@ class SchedulerConfig:
             if len(v) != 3 or any(not isinstance(x, int) or x < 0 for x in v):
                 raise ValueError(f"{name} must be 3 non-negative ints, got {v!r}")
 
-    def to_dict(self) -> dict:
-        """Plain dict of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SchedulerConfig:
-        """Inverse of to_dict."""
-        return cls(**d)
 
 
 @dataclass
