@@ -14,6 +14,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 GRANULARITIES = ("element", "block", "neuron")
 ACTIVATIONS = ("relu", "gelu", "tanh")
 BLOCK_SIZES = (16, 32, 64, 128)
+DISTRIBUTIONS = ("global", "uniform", "erk")
 
 
 @dataclass
@@ -51,6 +52,13 @@ class MorphoConfig:
       in the shape of ``sparsity_schedule`` and stays there; after every epoch the
       connections with the smallest mask values are pruned until the schedule is met (never
       beyond it), so the final sparsity is the target within one mask unit.
+    - ``prune_score``: what ranks the units pruned first: "mask" (the learned σ(M/T)) or
+      "saliency" (mean |W ⊙ σ(M/T)| of the unit).
+    - ``sparsity_distribution``: how the enforced sparsity is shared among the layers:
+      "global" (one ranking of all units across the layers), "uniform" (every layer at the
+      target), "erk" (Erdős–Rényi-kernel, Evci et al. 2020: layer density ∝ Σ dims / Π dims
+      of its weight, so small layers such as a first convolution stay denser), each layer
+      then pruned by its own ranking.
     - ``prune_threshold`` (0.2): ``model.prune()``'s default threshold.
     - ``grad_clip`` (5.0; 0 disables), ``activation``, ``seed``, ``val_split`` (fraction of
       the training data held out for model selection when no X_val is given; 0 = none).
@@ -94,6 +102,7 @@ class MorphoConfig:
     prune_end_epoch: Optional[int] = None
     prune_threshold: float = 0.2
     prune_score: str = "mask"
+    sparsity_distribution: str = "global"
     grad_clip: float = 5.0
     activation: str = "relu"
     seed: Optional[int] = None
@@ -134,6 +143,7 @@ class MorphoConfig:
         _choice(self, "activation", ACTIVATIONS)
         _choice(self, "task", ("classification", "lm"))
         _choice(self, "prune_score", ("mask", "saliency"))
+        _choice(self, "sparsity_distribution", DISTRIBUTIONS)
         _choice(self, "block_size", BLOCK_SIZES)
         _unit(self, "sparse_init", lo_open=True)
         _unit(self, "target_sparsity", hi_open=True)

@@ -168,7 +168,7 @@ class MorphoTrainer:
             model.set_temperature(temp)
             loss = self._epoch(x, y, gen, penalty_scale_at(cfg, epoch))
             target = target_sparsity_at(cfg, epoch)
-            enforce_sparsity(model, target, cfg.prune_score)
+            enforce_sparsity(model, target, cfg.prune_score, cfg.sparsity_distribution)
             sparsity = model.sparsity()
             val_acc = evaluate(model, xv, yv)[1] if xv is not None else None
             rec = {"epoch": epoch, "loss": loss, "sparsity": sparsity, "temperature": temp,

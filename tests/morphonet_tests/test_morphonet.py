@@ -22,7 +22,12 @@ from morphonet import (
     make_blobs,
 )
 from morphonet.export import shrink, to_block_sparse
-from morphonet.schedule import enforce_sparsity, target_sparsity_at, temperature_at
+from morphonet.schedule import (
+    enforce_sparsity,
+    layer_budgets,
+    target_sparsity_at,
+    temperature_at,
+)
 from morphonet.train import evaluate
 
 SEED_FILE = next((Path(__file__).resolve().parents[2].parent / "shared" / "seeds").glob(
@@ -267,6 +272,74 @@ def test_trainer_lands_on_the_target_sparsity(granularity, schedule, target):
     assert all(a <= b + 1e-12 for a, b in zip(hist, hist[1:]))
     if schedule != "constant":
         assert len({round(h, 4) for h in hist}) >= 4
+
+
+def _moons_mlp(**kw):
+    cfg = MorphoConfig(input_dim=2, n_classes=2, hidden_dims=[128, 64], seed=0, device="cpu",
+                       **kw)
+    return MorphoNetMLP(cfg)
+
+
+def test_erk_and_uniform_budgets_water_fill_by_hand():
+    model = _moons_mlp()  # weights 128×2, 64×128, 2×64: 8576 connections
+    # ERK: density ∝ (out+in)/(out·in) = 0.508, 0.0234, 0.516 → at 25% density the two small
+    # layers would exceed 1 and stay whole; the middle one keeps the rest: 2144 − 256 − 128
+    assert layer_budgets(model, 0.75, "erk") == [256, 1760, 128]
+    # uniform: 25% of each (64 + 2048 + 32 = 2144, the model's floor exactly)
+    assert layer_budgets(model, 0.75, "uniform") == [64, 2048, 32]
+    # a layer already pruned harder than its share cannot grow back: the others give less
+    first = model.masked_layers()[0]
+    drop = torch.zeros_like(first.mask_logits, dtype=torch.bool)
+    drop[:120] = True  # 240 of the 256 connections
+    first.prune_units(drop)
+    assert layer_budgets(model, 0.75, "erk") == [16, 2000, 128]
+    assert sum(layer_budgets(model, 0.6, "uniform")) == 8576 - int(0.6 * 8576)
+    with pytest.raises(ValueError, match="distribution"):
+        layer_budgets(model, 0.5, "global")
+    with pytest.raises(ValueError, match="distribution"):
+        enforce_sparsity(model, 0.5, distribution="layerwise")
+    with pytest.raises(ValueError, match="sparsity_distribution"):
+        MorphoConfig(sparsity_distribution="erk2")
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+@pytest.mark.parametrize("granularity", ["element", "block"])
+def test_enforce_per_layer_distribution_prunes_each_layer_by_its_own_ranking(distribution,
+                                                                              granularity):
+    model = _moons_mlp(mask_granularity=granularity, block_size=16)
+    torch.manual_seed(3)
+    for layer in model.masked_layers():
+        with torch.no_grad():
+            layer.mask_logits.normal_()
+    before = [layer.unit_mask().detach().clone() for layer in model.masked_layers()]
+    for target in (0.3, 0.6, 0.75):  # progressive, as the trainer calls it
+        enforce_sparsity(model, target, "mask", distribution)
+        budgets = layer_budgets(model, target, distribution)
+        live = [layer.n_live() for layer in model.masked_layers()]
+        unit = 1 if granularity == "element" else 256
+        assert all(abs(a - b) <= unit for a, b in zip(live, budgets)), (live, budgets)
+        assert abs(model.sparsity() - target) <= 0.02
+    for layer, m0 in zip(model.masked_layers(), before):
+        pruned = layer.pruned_units()
+        if pruned.any() and (~pruned).any():  # within a layer the smallest masks went first
+            assert m0[pruned].max() <= m0[~pruned].min()
+    if granularity == "element":
+        assert model.n_live() == 8576 - int(0.75 * 8576)
+
+
+def test_trainer_enforces_erk_and_keeps_the_first_layer_denser():
+    x, y = _blobs(240)
+    common = dict(input_dim=20, n_classes=5, hidden_dims=[64, 64], epochs=6, warmup_epochs=1,
+                  target_sparsity=0.8, seed=0, device="cpu")
+    dens = {}
+    for dist in ("global", "erk"):
+        model = MorphoNetMLP(MorphoConfig(sparsity_distribution=dist, **common))
+        stats = MorphoTrainer(model).train(x[:200], y[:200], x[200:], y[200:], verbose=False)
+        assert abs(stats["final_sparsity"] - 0.8) <= 0.02
+        dens[dist] = [layer.n_live() / layer.n_connections() for layer in model.masked_layers()]
+    # ERK: (84/1280, 128/4096, 69/320) ∝ density; the output layer (5×64) is the densest
+    assert dens["erk"][2] > dens["erk"][0] > dens["erk"][1]
+    assert dens["erk"] != dens["global"]
 
 
 def test_trainer_keeps_the_best_validation_epoch():
