@@ -21,7 +21,10 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   atomic adds in an fp32 workspace (more programs than slots, and the programs running together
   read one chunk of x and dY, which fits in L2). The atomics sum in a varying order, so these
   configs are left out under `torch.use_deterministic_algorithms(True)`. With bf16 / fp16 the
-  workspace (fp32, the size of dV) is allocated on every call, used or not.
+  workspace (fp32, the size of dV) is allocated on every call, used or not. Whether the
+  launch split is read from the autotuner's `best_config` right after it, both under one lock
+  (`_SDD_LOCK`), so threads launching at once (one autograd thread per device) cannot read
+  each other's choice.
 
 Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid, or the one
 `forced_config` asks for) and bf16 / fp16 are upcast before tl.dot (the interpreter's
@@ -33,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import threading
 
 import torch
 import triton
@@ -306,6 +310,10 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     return c
 
 
+# the autotuner keeps its choice in one attribute (`best_config`): launch and read it atomically
+_SDD_LOCK = threading.Lock()
+
+
 def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
         row_order: torch.Tensor, block: int) -> torch.Tensor:
     """dV (C, B, B): dV[s] = dY[:, rows[s]-block]ᵀ @ x[:, cols[s]-block] for every slot.
@@ -323,13 +331,15 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
     ws = dv if dv.dtype == torch.float32 else torch.empty(dv.shape, device=dv.device,
                                                           dtype=torch.float32)
     grid = lambda meta: (cap, (block // meta["TILE"]) ** 2, meta["SPLIT_M"])
-    with _on_device(x):
+    with _on_device(x), _SDD_LOCK:
         _bs_sdd_kernel[grid](
             grad_out, x, rows, cols, row_order, dv, ws,
             m, cap, int(torch.are_deterministic_algorithms_enabled()),
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
             B=block, **_flags(x.dtype),
         )
-    if ws is not dv and _bs_sdd_kernel.best_config.kwargs["SPLIT_M"] > 1:
+        split = _bs_sdd_kernel.best_config.kwargs["SPLIT_M"] > 1
+    if ws is not dv and split:
         dv.copy_(ws)
     return dv
+
