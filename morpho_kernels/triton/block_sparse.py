@@ -21,10 +21,10 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   atomic adds in an fp32 workspace (more programs than slots, and the programs running together
   read one chunk of x and dY, which fits in L2). The atomics sum in a varying order, so these
   configs are left out under `torch.use_deterministic_algorithms(True)`. With bf16 / fp16 the
-  workspace (fp32, the size of dV) is allocated on every call, used or not. Whether the
-  launch split is read from the autotuner's `best_config` right after it, both under one lock
-  (`_SDD_LOCK`), so threads launching at once (one autograd thread per device) cannot read
-  each other's choice.
+  workspace (fp32, the size of dV) is allocated on every call, used or not. Whether a
+  launch split the tokens (SPLIT_M > 1) is read from the autotuner's `best_config` right after
+  it, launch and read under one lock (`_SDD_LOCK`), so threads launching at once (one
+  autograd thread per device) cannot read each other's choice.
 
 Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid, or the one
 `forced_config` asks for) and bf16 / fp16 are upcast before tl.dot (the interpreter's
@@ -342,4 +342,3 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
     if ws is not dv and split:
         dv.copy_(ws)
     return dv
-

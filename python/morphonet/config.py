@@ -50,15 +50,16 @@ class MorphoConfig:
     - ``prune_start_epoch`` (default: ``warmup_epochs``) and ``prune_end_epoch`` (default:
       ¾ of the epochs): the scheduled sparsity rises from 0 to ``target_sparsity`` between them
       in the shape of ``sparsity_schedule`` and stays there; after every epoch the
-      connections with the smallest mask values are pruned until the schedule is met (never
-      beyond it), so the final sparsity is the target within one mask unit.
+      connections with the smallest mask values are pruned until the schedule is met, so the
+      final sparsity is the target as closely as whole mask units allow.
     - ``prune_score``: what ranks the units pruned first: "mask" (the learned σ(M/T)) or
       "saliency" (mean |W ⊙ σ(M/T)| of the unit).
     - ``sparsity_distribution``: how the enforced sparsity is shared among the layers:
       "global" (one ranking of all units across the layers), "uniform" (every layer at the
-      target), "erk" (Erdős–Rényi-kernel, Evci et al. 2020: layer density ∝ Σ dims / Π dims
-      of its weight, so small layers such as a first convolution stay denser), each layer
-      then pruned by its own ranking.
+      same density, as far as layers already sparser allow), "erk" (Erdős–Rényi-kernel, Evci
+      et al. 2020: layer density ∝ Σ dims / Π dims of its weight, so small layers such as a
+      first convolution stay denser), each layer then pruned by its own ranking
+      (`schedule.layer_budgets`).
     - ``prune_threshold`` (0.2): ``model.prune()``'s default threshold.
     - ``grad_clip`` (5.0; 0 disables), ``activation``, ``seed``, ``val_split`` (fraction of
       the training data held out for model selection when no X_val is given; 0 = none).

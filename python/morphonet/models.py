@@ -75,7 +75,12 @@ class MorphoModel(nn.Module):
 
     def n_live(self) -> int:
         """Connections not hard-pruned."""
-        return sum(layer.n_live() for layer in self.masked_layers())
+        return sum(self.layer_live(layer) for layer in self.masked_layers())
+
+    def layer_live(self, layer: MaskedMixin) -> int:
+        """Live connections of one masked layer as this model counts them (`n_live` is their
+        sum; the Transformer also leaves out those of pruned heads)."""
+        return layer.n_live()
 
     def sparsity(self) -> float:
         """Fraction of prunable connections hard-pruned."""

@@ -70,49 +70,53 @@ def _erk_raw(layer) -> float:
 def layer_budgets(model: MorphoModel, target: float, distribution: str) -> list[int]:
     """Live connections each masked layer may keep so that the model's sparsity is
     ``target`` with the layers shared out by ``distribution`` ("uniform": density equal
-    everywhere; "erk": density ∝ `_erk_raw`). Water filling: a layer is never asked to grow
-    (its cap is its current live count); what a capped layer cannot give, the others give in
-    proportion. Rounded by largest remainder, so the budgets sum to the model's target count
-    exactly whenever the caps allow it."""
+    everywhere; "erk": density ∝ `_erk_raw`), within bounds: a layer never grows back (its
+    cap is its live count, `MorphoModel.layer_live`) and keeps at least its largest live unit
+    (pruning never removes a layer's last unit); what a bounded layer cannot give or take,
+    the others share in proportion (water filling). Rounded by largest remainder, so the
+    budgets sum to the model's target count exactly whenever the bounds allow it."""
     if distribution not in ("uniform", "erk"):
         raise ValueError(f"distribution must be 'uniform' or 'erk' here, got {distribution!r}")
     layers = model.masked_layers()
     sizes = [layer.n_connections() for layer in layers]
-    caps = [float(layer.n_live()) for layer in layers]
-    raw = [1.0 if distribution == "uniform" else _erk_raw(layer) for layer in layers]
+    caps = [model.layer_live(layer) for layer in layers]
+    floors = []
+    for layer, cap in zip(layers, caps):
+        live = ~layer.pruned_units()
+        unit = float(layer.unit_sizes().to(live.device)[live].max()) if live.any() else 0.0
+        floors.append(min(cap, int(round(unit))))
+    share = [size * (1.0 if distribution == "uniform" else _erk_raw(layer))
+             for layer, size in zip(layers, sizes)]
     keep_total = sum(sizes) - int(math.floor(target * sum(sizes) + 1e-9))
-    fixed: set[int] = set()
-    keep = list(caps)
-    while True:
-        free = [i for i in range(len(layers)) if i not in fixed]
-        room = keep_total - sum(caps[i] for i in fixed)
-        weight = sum(raw[i] * sizes[i] for i in free)
-        if not free or weight <= 0:
-            break
-        eps = max(room, 0.0) / weight
-        over = [i for i in free if eps * raw[i] * sizes[i] > caps[i]]
-        if not over:
-            for i in free:
-                keep[i] = eps * raw[i] * sizes[i]
-            break
-        fixed.update(over)
-    base = [int(math.floor(k + 1e-9)) for k in keep]
-    short = min(keep_total, int(sum(caps))) - sum(base)
-    order = sorted(range(len(layers)), key=lambda i: base[i] - keep[i])
-    for i in order:
-        if short <= 0:
-            break
-        if base[i] < caps[i]:
+    keep_total = min(max(keep_total, sum(floors)), sum(caps))
+
+    def filled(eps: float) -> list[float]:
+        return [min(max(eps * w, f), c) for w, f, c in zip(share, floors, caps)]
+
+    lo, hi = 0.0, max(c / w for c, w in zip(caps, share))
+    for _ in range(200):  # Σ filled(eps) rises with eps: bisect for keep_total
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if sum(filled(mid)) < keep_total else (lo, mid)
+    keep = filled(hi)
+    base = [min(int(math.floor(k + 1e-9)), c) for k, c in zip(keep, caps)]
+    short = keep_total - sum(base)
+    for i in sorted(range(len(layers)), key=lambda i: base[i] - keep[i]):
+        if short > 0 and base[i] < caps[i]:
             base[i] += 1
             short -= 1
+        elif short < 0 and base[i] > floors[i]:
+            base[i] -= 1
+            short += 1
     return base
 
 
 def _closest_prefix(cum: torch.Tensor, need: float) -> int:
-    """Length of the smallest prefix whose cumulative size reaches ``need``, or one less
-    when that lands closer to it."""
-    k = min(int(torch.searchsorted(cum, torch.tensor(float(need)))) + 1, cum.numel())
-    if k > 1 and abs(float(cum[k - 2]) - need) < abs(float(cum[k - 1]) - need):
+    """Length (possibly 0) of the prefix whose cumulative size is closest to ``need``: the
+    smallest one reaching it, or one less when that lands closer."""
+    k = min(int(torch.searchsorted(cum, torch.tensor(float(need), dtype=cum.dtype))) + 1,
+            cum.numel())
+    below = float(cum[k - 2]) if k > 1 else 0.0
+    if k > 0 and abs(below - need) < abs(float(cum[k - 1]) - need):
         k -= 1
     return k
 
@@ -121,15 +125,18 @@ def _closest_prefix(cum: torch.Tensor, need: float) -> int:
 def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
                      distribution: str = "global") -> int:
     """Hard-prune the live mask units with the smallest score (`unit_scores`: the mask value
-    σ(M/T), or the saliency) until the fraction of pruned connections reaches ``target``
-    (never beyond it by more than one unit per ranking). Each layer keeps at least its best
-    unit. Returns the number of connections pruned by this call.
+    σ(M/T), or the saliency) until the fraction of pruned connections is as close to
+    ``target`` as whole units allow. Each layer keeps at least its best unit. Returns the
+    number of connections pruned by this call.
 
-    ``distribution`` "global" ranks all units of all layers together; "uniform" and "erk"
-    first give each layer its share of the live connections (`layer_budgets`) and rank
-    within each layer. A unit covering s connections counts s. Progressive: called after
-    every epoch with the schedule's current target, so structure commits gradually and the
-    final sparsity equals the target (within a unit per layer for block and neuron masks).
+    ``distribution`` "global" ranks all units of all layers together (the result is within
+    half a unit of the target). "uniform" and "erk" first give each layer its share of the
+    live connections (`layer_budgets`), then prune each layer by its own ranking, carrying
+    what unit rounding leaves over or under to the next layer: exact for element masks;
+    with block or neuron masks off by at most about one unit, unless the layers' bounds
+    (nothing grows back, every layer keeps a unit) make the target unreachable. A unit
+    covering s connections counts s. Progressive: called after every epoch with the
+    schedule's current target, so structure commits gradually.
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target must be in [0, 1), got {target!r}")
@@ -141,9 +148,13 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
     if need <= 0:
         return 0
     if distribution != "global":
-        pruned = 0
+        # each layer to its budget; what unit rounding leaves over or under carries to the next
+        planned = pruned = 0
         for layer, keep in zip(layers, layer_budgets(model, target, distribution)):
-            pruned += _prune_layer(layer, layer.n_live() - keep, by)
+            live = model.layer_live(layer)
+            planned += live - keep
+            _prune_layer(layer, planned - pruned, by)
+            pruned += live - model.layer_live(layer)
         return pruned
     scores, sizes, owner, index = [], [], [], []
     for li, layer in enumerate(layers):
@@ -153,7 +164,7 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
                                       float("-inf")))] = False
         idx = torch.nonzero(live).flatten()
         scores.append(unit_scores(layer, by).reshape(-1)[idx].float().cpu())
-        sizes.append(layer.unit_sizes().reshape(-1).to(idx.device)[idx].float().cpu())
+        sizes.append(layer.unit_sizes().reshape(-1).to(idx.device)[idx].double().cpu())
         owner.append(torch.full((idx.numel(),), li, dtype=torch.long))
         index.append(idx.cpu())
     s, z, o, ix = (torch.cat(t) for t in (scores, sizes, owner, index))
@@ -184,7 +195,7 @@ def _prune_layer(layer, need: int, by: str) -> int:
     if not idx.numel():
         return 0
     s = score[idx]
-    z = layer.unit_sizes().reshape(-1).to(idx.device)[idx].float()
+    z = layer.unit_sizes().reshape(-1).to(idx.device)[idx].double()
     order = torch.argsort(s.cpu(), stable=True).to(idx.device)
     chosen = idx[order[:_closest_prefix(torch.cumsum(z[order], 0).cpu(), need)]]
     drop = torch.zeros(layer.mask_logits.numel(), dtype=torch.bool,

@@ -330,7 +330,11 @@ class MorphoNetTransformer(MorphoModel):
     def n_live(self) -> int:
         """Connections not hard-pruned, where a pruned head's q/k/v rows and o columns are
         dead (each connection counted once)."""
-        return sum(int(self._live_elements(lay).sum()) for lay in self.masked_layers())
+        return sum(self.layer_live(lay) for lay in self.masked_layers())
+
+    def layer_live(self, layer: MaskedMixin) -> int:
+        """Live connections of ``layer``, those of pruned heads left out."""
+        return int(self._live_elements(layer).sum())
 
     def prune(self, threshold: Optional[float] = None) -> int:
         """Prune mask units with σ(M/T) < ``threshold`` (default ``config.prune_threshold``),

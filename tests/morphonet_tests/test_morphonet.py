@@ -23,6 +23,7 @@ from morphonet import (
 )
 from morphonet.export import shrink, to_block_sparse
 from morphonet.schedule import (
+    _prune_layer,
     enforce_sparsity,
     layer_budgets,
     target_sparsity_at,
@@ -294,6 +295,18 @@ def test_erk_and_uniform_budgets_water_fill_by_hand():
     first.prune_units(drop)
     assert layer_budgets(model, 0.75, "erk") == [16, 2000, 128]
     assert sum(layer_budgets(model, 0.6, "uniform")) == 8576 - int(0.6 * 8576)
+    # bounds that do not bind: 20→64→64→5 at 90% keeps 570 of 5696; ERK shares 84:128:69
+    # (170.4, 259.6, 140.0: largest remainders first), uniform 1280:4096:320
+    small = MorphoNetMLP(MorphoConfig(input_dim=20, n_classes=5, hidden_dims=[64, 64],
+                                      device="cpu"))
+    assert layer_budgets(small, 0.9, "erk") == [170, 260, 140]
+    assert layer_budgets(small, 0.9, "uniform") == [128, 410, 32]
+    # every layer keeps at least its largest live unit (a layer's last unit is never pruned):
+    # 16-blocks of 64→64→16→5 at 75% keep 1300 of 5200; uniform would give the 80-weight
+    # output layer (one unit) 20 and the 1024-weight layer (4 units of 256) 244
+    blocks = MorphoNetMLP(MorphoConfig(input_dim=64, n_classes=5, hidden_dims=[64, 16],
+                                       mask_granularity="block", block_size=16, device="cpu"))
+    assert layer_budgets(blocks, 0.75, "uniform") == [964, 256, 80]
     with pytest.raises(ValueError, match="distribution"):
         layer_budgets(model, 0.5, "global")
     with pytest.raises(ValueError, match="distribution"):
@@ -325,6 +338,77 @@ def test_enforce_per_layer_distribution_prunes_each_layer_by_its_own_ranking(dis
             assert m0[pruned].max() <= m0[~pruned].min()
     if granularity == "element":
         assert model.n_live() == 8576 - int(0.75 * 8576)
+
+
+@pytest.mark.parametrize("hidden, distribution, target", [
+    ([96, 48], "uniform", 0.5), ([80, 80, 80], "erk", 0.6)])
+def test_per_layer_rounding_carries_to_the_next_layer(hidden, distribution, target):
+    # 32-blocks (1024 connections a unit): each layer rounds its budget to whole units; the
+    # remainder carries on, so the model lands on the target (rounded layer by layer without
+    # the carry: 55.8% and 57.1%)
+    model = MorphoNetMLP(MorphoConfig(input_dim=48, n_classes=5, hidden_dims=hidden,
+                                      mask_granularity="block", block_size=32, device="cpu"))
+    torch.manual_seed(0)
+    for layer in model.masked_layers():
+        with torch.no_grad():
+            layer.mask_logits.normal_()
+    enforce_sparsity(model, target, "mask", distribution)
+    assert abs(model.sparsity() - target) <= 0.01
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_per_layer_pruning_keeps_each_layers_best_unit_and_ranks_by_saliency(distribution):
+    model = _moons_mlp(prune_score="saliency")
+    torch.manual_seed(4)
+    for layer in model.masked_layers():
+        with torch.no_grad():
+            layer.mask_logits.normal_()
+    sal = [layer.get_mask() * layer.weight.detach().abs() for layer in model.masked_layers()]
+    enforce_sparsity(model, 0.6, "saliency", distribution)
+    assert model.masked_layers()[1].pruned_units().any()  # (ERK: the others stay whole)
+    for layer, s0 in zip(model.masked_layers(), sal):
+        pruned = layer.pruned_units()
+        if pruned.any():  # saliency, not the mask value, ranked
+            assert s0[pruned].max() <= s0[~pruned].min()
+    enforce_sparsity(model, 0.9999, "saliency", distribution)  # asks for less than a unit each
+    for layer, s0 in zip(model.masked_layers(), sal):
+        live = ~layer.pruned_units()
+        assert int(live.sum()) == 1 and bool(live.reshape(-1)[s0.reshape(-1).argmax()])
+    # a carry can ask one layer for more than it has: its best unit still stays
+    fresh = _moons_mlp().masked_layers()[0]
+    best = fresh.unit_mask().detach().reshape(-1).argmax()
+    assert _prune_layer(fresh, 10**6, "mask") == 255
+    assert not fresh.pruned_units().reshape(-1)[best]
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+@pytest.mark.parametrize("input_dim, hidden, granularity, target", [
+    (64, [128, 64], "block", 0.75),  # 32-blocks: a unit is 3-12% of a layer
+    (64, [64, 16], "block", 0.75),   # 16-blocks: the small layers' last units bind
+    (20, [48, 24], "neuron", 0.6),
+])
+def test_per_layer_distributions_land_on_the_target_with_big_units(distribution, input_dim,
+                                                                   hidden, granularity, target):
+    x = torch.randn(160, input_dim)
+    y = torch.randint(0, 5, (160,))
+    cfg = MorphoConfig(input_dim=input_dim, n_classes=5, hidden_dims=hidden, epochs=8,
+                       warmup_epochs=1, target_sparsity=target, mask_granularity=granularity,
+                       block_size=32 if hidden[0] == 128 else 16, seed=0, device="cpu",
+                       sparsity_distribution=distribution)
+    stats = MorphoTrainer(MorphoNetMLP(cfg)).train(x[:120], y[:120], x[120:], y[120:],
+                                                   verbose=False)
+    assert abs(stats["final_sparsity"] - target) <= 0.02
+    assert stats["best_val_acc"] is not None  # some epoch reached the target
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_per_layer_distributions_count_pruned_heads_as_the_transformer_does(distribution):
+    model = create_morphonet("transformer", vocab_size=50, n_classes=3, d_model=64, n_heads=4,
+                             n_layers=2, max_seq_len=16, mask_granularity="neuron", seed=0,
+                             device="cpu", sparsity_distribution=distribution)
+    model.prune_heads({0: [0, 1, 2], 1: [1, 2, 3]})  # 6 of 8 heads
+    enforce_sparsity(model, 0.7, "mask", distribution)
+    assert abs(model.sparsity() - 0.7) <= 0.02
 
 
 def test_trainer_enforces_erk_and_keeps_the_first_layer_denser():
