@@ -136,7 +136,8 @@ class MorphoTrainer:
         """Train for ``config.epochs``; returns the statistics dict.
 
         Keys: train_time (s), final_loss (last epoch's training loss), final_sparsity
-        (fraction of prunable connections removed), final_density, total_params,
+        (fraction of prunable connections removed), final_density, layer_density (live
+        fraction of each masked layer, in `masked_layers` order), total_params,
         effective_params (live weights + biases + norm parameters, no mask logits),
         best_val_acc (None without validation data), best_epoch, loss_history,
         sparsity_history, temperature_history, val_acc_history, target_history,
@@ -195,6 +196,8 @@ class MorphoTrainer:
             "final_loss": hist["loss_history"][-1],
             "final_sparsity": model.sparsity(),
             "final_density": 1.0 - model.sparsity(),
+            "layer_density": [model.layer_live(layer) / layer.n_connections()
+                              for layer in model.masked_layers()],
             "total_params": total,
             "effective_params": effective,
             "best_val_acc": best["acc"],

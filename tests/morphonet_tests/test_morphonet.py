@@ -421,6 +421,7 @@ def test_trainer_enforces_erk_and_keeps_the_first_layer_denser():
         stats = MorphoTrainer(model).train(x[:200], y[:200], x[200:], y[200:], verbose=False)
         assert abs(stats["final_sparsity"] - 0.8) <= 0.02
         dens[dist] = [layer.n_live() / layer.n_connections() for layer in model.masked_layers()]
+        assert stats["layer_density"] == dens[dist]
     # ERK: (84/1280, 128/4096, 69/320) ∝ density; the output layer (5×64) is the densest
     assert dens["erk"][2] > dens["erk"][0] > dens["erk"][1]
     assert dens["erk"] != dens["global"]
