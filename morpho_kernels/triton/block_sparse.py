@@ -21,7 +21,8 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   atomic adds in an fp32 workspace (more programs than slots, and the programs running together
   read one chunk of x and dY, which fits in L2). The atomics sum in a varying order, so these
   configs are left out under `torch.use_deterministic_algorithms(True)`. With bf16 / fp16 the
-  workspace (fp32, the size of dV) is allocated on every call, used or not. Whether a
+  workspace (fp32, the size of dV) is allocated whenever a split config may be chosen
+  (`workspace_needed`; not under deterministic mode nor MORPHO_AUTOTUNE=0). Whether a
   launch split the tokens (SPLIT_M > 1) is read from the autotuner's `best_config` right after
   it, launch and read under one lock (`_SDD_LOCK`), so threads launching at once (one
   autograd thread per device) cannot read each other's choice.
@@ -94,7 +95,11 @@ def _prune(dim: str, kernel: str):
             return ok[:1]
         return ok
 
+    _PRUNERS[kernel] = prune
     return {"early_config_prune": prune}
+
+
+_PRUNERS: dict = {}  # kernel name -> its early_config_prune (the launcher asks it too)
 
 
 def _quick_bench(kernel_call, quantiles):
@@ -310,6 +315,16 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     return c
 
 
+def workspace_needed(block: int, deterministic: int) -> bool:
+    """Whether the sdd autotuner may pick a token-split config for this call (the same
+    pruning it applies: block size, forced configs, deterministic mode, MORPHO_AUTOTUNE): a
+    bf16 / fp16 launch allocates the fp32 workspace only then."""
+    kept = _PRUNERS["sdd"](_bs_sdd_kernel.configs, {"DETERMINISTIC": deterministic}, B=block)
+    # a choice cached before the settings changed (MORPHO_AUTOTUNE) is launched as it is
+    kept += list(_bs_sdd_kernel.cache.values())
+    return any(c.kwargs["SPLIT_M"] > 1 for c in kept)
+
+
 # the autotuner keeps its choice in one attribute (`best_config`): launch and read it atomically
 _SDD_LOCK = threading.Lock()
 
@@ -327,14 +342,15 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
         return dv
     if m == 0:
         return dv.zero_()
+    det = int(torch.are_deterministic_algorithms_enabled())
     # fp32 workspace of the SPLIT_M configs (their pre_hook zeroes it); fp32 sums in place
-    ws = dv if dv.dtype == torch.float32 else torch.empty(dv.shape, device=dv.device,
-                                                          dtype=torch.float32)
+    ws = (torch.empty(dv.shape, device=dv.device, dtype=torch.float32)
+          if dv.dtype != torch.float32 and workspace_needed(block, det) else dv)
     grid = lambda meta: (cap, (block // meta["TILE"]) ** 2, meta["SPLIT_M"])
     with _on_device(x), _SDD_LOCK:
         _bs_sdd_kernel[grid](
             grad_out, x, rows, cols, row_order, dv, ws,
-            m, cap, int(torch.are_deterministic_algorithms_enabled()),
+            m, cap, det,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
             B=block, **_flags(x.dtype),
         )

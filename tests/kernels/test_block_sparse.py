@@ -295,6 +295,36 @@ def test_deterministic_mode_leaves_out_the_atomic_token_split(backend):
         torch.use_deterministic_algorithms(prev)
 
 
+def test_fp32_workspace_only_when_a_token_split_may_run():
+    """bf16 / fp16 dW allocates its fp32 workspace only when the autotuner may pick a split
+    config (the same pruning as the launch): never under deterministic mode."""
+    from morpho_kernels.triton import block_sparse as tbs
+    assert not tbs.workspace_needed(16, 0)  # the interpreter keeps the unsplit walk
+    with tbs.forced_config("sdd", SPLIT_M=4):
+        assert tbs.workspace_needed(16, 0)
+        with pytest.raises(ValueError, match="no sdd"):
+            tbs.workspace_needed(16, 1)
+    with tbs.forced_config("sdd", BY_ROW=1):
+        assert not tbs.workspace_needed(32, 1)
+
+
+def test_fp32_workspace_decision_on_the_tuned_path(monkeypatch):
+    """The pruning a GPU launch sees (all configs, autotuning on): split configs are
+    candidates, so bf16 allocates the workspace, except under deterministic mode or with
+    MORPHO_AUTOTUNE=0 (the first config, unsplit)."""
+    from morpho_kernels.triton import block_sparse as tbs
+    monkeypatch.setattr(tbs, "INTERPRET", False)
+    monkeypatch.setenv("MORPHO_AUTOTUNE", "1")
+    assert tbs.workspace_needed(16, 0) and tbs.workspace_needed(128, 0)
+    assert not tbs.workspace_needed(16, 1)
+    monkeypatch.setenv("MORPHO_AUTOTUNE", "0")
+    assert not tbs.workspace_needed(16, 0)
+    # a split chosen by an earlier tuning is launched from the cache: the workspace is needed
+    split = next(c for c in tbs._bs_sdd_kernel.configs if c.kwargs["SPLIT_M"] > 1)
+    monkeypatch.setitem(tbs._bs_sdd_kernel.cache, ("an earlier key",), split)
+    assert tbs.workspace_needed(16, 0)
+
+
 @pytest.mark.parametrize("backend_name", ["reference", "ext"])
 def test_gradcheck_float64(backend_name, backend):
     _skip_unavailable(backend_name)
