@@ -24,8 +24,9 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   workspace (fp32, the size of dV) is allocated whenever a split config may be chosen
   (`workspace_needed`; not under deterministic mode nor MORPHO_AUTOTUNE=0). Whether a
   launch split the tokens (SPLIT_M > 1) is read from the autotuner's `best_config` right after
-  it, launch and read under one lock (`_SDD_LOCK`), so threads launching at once (one
-  autograd thread per device) cannot read each other's choice.
+  it, launch and read under one lock (`_LAUNCH_LOCK`, which every launch of both kernels takes:
+  the autotuner keeps per-call state on the kernel object), so threads launching at once
+  (one autograd thread per device) cannot read each other's choice or tuning arguments.
 
 Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid, or the one
 `forced_config` asks for) and bf16 / fp16 are upcast before tl.dot (the interpreter's
@@ -283,6 +284,10 @@ def tuned_configs(tokens: int, capacity: int) -> dict[str, list[str]]:
 
 # ----------------------------------------------------------------------------- launchers
 
+# Triton's autotuner keeps per-call state on the shared kernel object (its arguments while it
+# tunes, its choice in `best_config`): one launch at a time, and sdd reads its choice inside
+_LAUNCH_LOCK = threading.Lock()
+
 
 def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.Tensor,
         idx: torch.Tensor, n_out_blocks: int, bias: torch.Tensor | None,
@@ -305,7 +310,7 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     bias = bias.contiguous() if bias is not None else None
     svr, svp = (1, b) if transpose else (b, 1)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * n_out_blocks,)
-    with _on_device(a):
+    with _on_device(a), _LAUNCH_LOCK:
         _bs_dsd_kernel[grid](
             a, values, ptr, order, sidx, bias if bias is not None else c, c,
             m, p, n_out_blocks, values.shape[0],
@@ -325,8 +330,6 @@ def workspace_needed(block: int, deterministic: int) -> bool:
     return any(c.kwargs["SPLIT_M"] > 1 for c in kept)
 
 
-# the autotuner keeps its choice in one attribute (`best_config`): launch and read it atomically
-_SDD_LOCK = threading.Lock()
 
 
 def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
@@ -347,7 +350,7 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
     ws = (torch.empty(dv.shape, device=dv.device, dtype=torch.float32)
           if dv.dtype != torch.float32 and workspace_needed(block, det) else dv)
     grid = lambda meta: (cap, (block // meta["TILE"]) ** 2, meta["SPLIT_M"])
-    with _on_device(x), _SDD_LOCK:
+    with _on_device(x), _LAUNCH_LOCK:
         _bs_sdd_kernel[grid](
             grad_out, x, rows, cols, row_order, dv, ws,
             m, cap, det,

@@ -80,11 +80,7 @@ def layer_budgets(model: MorphoModel, target: float, distribution: str) -> list[
     layers = model.masked_layers()
     sizes = [layer.n_connections() for layer in layers]
     caps = [model.layer_live(layer) for layer in layers]
-    floors = []
-    for layer, cap in zip(layers, caps):
-        live = ~layer.pruned_units()
-        unit = float(layer.unit_sizes().to(live.device)[live].max()) if live.any() else 0.0
-        floors.append(min(cap, int(round(unit))))
+    floors = [min(cap, _largest_unit(layer)) for layer, cap in zip(layers, caps)]
     share = [size * (1.0 if distribution == "uniform" else _erk_raw(layer))
              for layer, size in zip(layers, sizes)]
     keep_total = sum(sizes) - int(math.floor(target * sum(sizes) + 1e-9))
@@ -100,14 +96,22 @@ def layer_budgets(model: MorphoModel, target: float, distribution: str) -> list[
     keep = filled(hi)
     base = [min(int(math.floor(k + 1e-9)), c) for k, c in zip(keep, caps)]
     short = keep_total - sum(base)
-    for i in sorted(range(len(layers)), key=lambda i: base[i] - keep[i]):
+    by_remainder = sorted(range(len(layers)), key=lambda i: keep[i] - base[i], reverse=True)
+    for i in by_remainder:  # largest remainders gain a connection first
         if short > 0 and base[i] < caps[i]:
             base[i] += 1
             short -= 1
-        elif short < 0 and base[i] > floors[i]:
+    for i in reversed(by_remainder):  # (not reached in practice) smallest give one back first
+        if short < 0 and base[i] > floors[i]:
             base[i] -= 1
             short += 1
     return base
+
+
+def _largest_unit(layer) -> int:
+    """Connections in the layer's largest live mask unit (0 when none is live)."""
+    live = ~layer.pruned_units()
+    return int(round(float(layer.unit_sizes().to(live.device)[live].max()))) if live.any() else 0
 
 
 def _closest_prefix(cum: torch.Tensor, need: float) -> int:
@@ -129,14 +133,18 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
     ``target`` as whole units allow. Each layer keeps at least its best unit. Returns the
     number of connections pruned by this call.
 
-    ``distribution`` "global" ranks all units of all layers together (the result is within
-    half a unit of the target). "uniform" and "erk" first give each layer its share of the
-    live connections (`layer_budgets`), then prune each layer by its own ranking, carrying
-    what unit rounding leaves over or under to the next layer: exact for element masks;
-    with block or neuron masks off by at most about one unit, unless the layers' bounds
-    (nothing grows back, every layer keeps a unit) make the target unreachable. A unit
-    covering s connections counts s. Progressive: called after every epoch with the
-    schedule's current target, so structure commits gradually.
+    ``distribution`` "global" ranks all units of all layers together (within half a unit of
+    the target; a Transformer unit straddling a pruned head counts at its full size, so
+    there a call can stop short and the next calls close the gap). "uniform" and "erk"
+    first give each layer its share of the live connections (`layer_budgets`), then prune
+    each layer by its own ranking; what unit rounding leaves over or under carries to the
+    next layer, as far as that layer can take it within half of its own largest unit (so no
+    layer, a classifier head of single connections least of all, pays for the coarse
+    layers before it). Exact for element masks; with block or neuron masks off by about a
+    unit, or more when the layers' bounds (nothing grows back, every layer keeps a unit)
+    make the target unreachable. A unit covering s connections counts s. Progressive:
+    called after every epoch with the schedule's current target, so structure commits
+    gradually.
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target must be in [0, 1), got {target!r}")
@@ -148,13 +156,15 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
     if need <= 0:
         return 0
     if distribution != "global":
-        # each layer to its budget; what unit rounding leaves over or under carries to the next
-        planned = pruned = 0
+        # each layer to its budget, plus what rounding left over, up to half its own unit
+        carry = pruned = 0
         for layer, keep in zip(layers, layer_budgets(model, target, distribution)):
             live = model.layer_live(layer)
-            planned += live - keep
-            _prune_layer(layer, planned - pruned, by)
-            pruned += live - model.layer_live(layer)
+            half = _largest_unit(layer) // 2
+            _prune_layer(layer, live - keep + max(-half, min(half, carry)), by)
+            now = live - model.layer_live(layer)
+            carry += (live - keep) - now
+            pruned += now
         return pruned
     scores, sizes, owner, index = [], [], [], []
     for li, layer in enumerate(layers):

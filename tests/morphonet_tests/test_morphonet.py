@@ -307,6 +307,11 @@ def test_erk_and_uniform_budgets_water_fill_by_hand():
     blocks = MorphoNetMLP(MorphoConfig(input_dim=64, n_classes=5, hidden_dims=[64, 16],
                                        mask_granularity="block", block_size=16, device="cpu"))
     assert layer_budgets(blocks, 0.75, "uniform") == [964, 256, 80]
+    # the floor is the largest unit, not the edge ones: 20 inputs in 16-blocks are units of
+    # 256 and 64 connections (and the 5-class head one unit of 5·16)
+    edges = MorphoNetMLP(MorphoConfig(input_dim=20, n_classes=5, hidden_dims=[32, 16],
+                                      mask_granularity="block", block_size=16, device="cpu"))
+    assert layer_budgets(edges, 0.95, "uniform") == [256, 256, 80]
     with pytest.raises(ValueError, match="distribution"):
         layer_budgets(model, 0.5, "global")
     with pytest.raises(ValueError, match="distribution"):
@@ -401,14 +406,39 @@ def test_per_layer_distributions_land_on_the_target_with_big_units(distribution,
     assert stats["best_val_acc"] is not None  # some epoch reached the target
 
 
+def _transformer(**kw):
+    kw = {"mask_granularity": "neuron", **kw}
+    return create_morphonet("transformer", vocab_size=50, n_classes=3, d_model=64, n_heads=4,
+                            n_layers=2, max_seq_len=16, seed=0, device="cpu", **kw)
+
+
 @pytest.mark.parametrize("distribution", ["uniform", "erk"])
-def test_per_layer_distributions_count_pruned_heads_as_the_transformer_does(distribution):
-    model = create_morphonet("transformer", vocab_size=50, n_classes=3, d_model=64, n_heads=4,
-                             n_layers=2, max_seq_len=16, mask_granularity="neuron", seed=0,
-                             device="cpu", sparsity_distribution=distribution)
-    model.prune_heads({0: [0, 1, 2], 1: [1, 2, 3]})  # 6 of 8 heads
-    enforce_sparsity(model, 0.7, "mask", distribution)
-    assert abs(model.sparsity() - 0.7) <= 0.02
+@pytest.mark.parametrize("heads, target", [(None, 0.6), (None, 0.8),
+                                           ({0: [0, 1, 2], 1: [1, 2, 3]}, 0.7)])
+def test_per_layer_distributions_keep_every_transformer_layer_near_its_budget(distribution,
+                                                                            heads, target):
+    # neuron masks: q/k/v/o/ff units of 64-256 connections, the head's single connections
+    model = _transformer(sparsity_distribution=distribution)
+    if heads:
+        model.prune_heads(heads)  # 6 of 8 heads: o-neurons straddle dead heads
+    budgets = layer_budgets(model, target, distribution)
+    units = [max(int(layer.unit_sizes().max()), 1) for layer in model.masked_layers()]
+    enforce_sparsity(model, target, "mask", distribution)
+    for layer, keep, unit in zip(model.masked_layers(), budgets, units):
+        assert abs(model.layer_live(layer) - keep) <= unit, (layer, keep)
+    assert abs(model.sparsity() - target) <= 0.02
+
+
+def test_layer_density_counts_pruned_heads_as_dead():
+    x = torch.randint(0, 50, (40, 16))
+    y = torch.randint(0, 3, (40,))
+    model = _transformer(epochs=2, warmup_epochs=0, target_sparsity=0.3)
+    model.prune_heads({0: [0, 1]})
+    stats = MorphoTrainer(model).train(x[:30], y[:30], x[30:], y[30:], verbose=False)
+    o = model.attentions()[0].o  # its neurons span the dead heads' columns
+    assert stats["layer_density"][model.masked_layers().index(o)] == pytest.approx(
+        model.layer_live(o) / o.n_connections())
+    assert model.layer_live(o) <= o.n_live() // 2  # half of every live o-neuron is dead
 
 
 def test_trainer_enforces_erk_and_keeps_the_first_layer_denser():
