@@ -38,14 +38,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import threading
 
 import torch
 import triton
 import triton.language as tl
 import triton.testing
 
-from .masked_linear import INTERPRET, _flags, _on_device
+from .masked_linear import INTERPRET, LAUNCH_LOCK, _flags, _on_device
 
 # kernel name -> config kwargs a test asks for (forced_config); empty in normal use
 _FORCED: dict[str, dict] = {}
@@ -284,9 +283,8 @@ def tuned_configs(tokens: int, capacity: int) -> dict[str, list[str]]:
 
 # ----------------------------------------------------------------------------- launchers
 
-# Triton's autotuner keeps per-call state on the shared kernel object (its arguments while it
-# tunes, its choice in `best_config`): one launch at a time, and sdd reads its choice inside
-_LAUNCH_LOCK = threading.Lock()
+# one autotuned launch at a time (see masked_linear.LAUNCH_LOCK); sdd reads its choice inside
+_LAUNCH_LOCK = LAUNCH_LOCK
 
 
 def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.Tensor,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 import triton
@@ -217,6 +218,12 @@ def _on_device(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+# Triton's autotuner keeps per-call state on the shared kernel object (its arguments while it
+# tunes, its choice in `best_config`): autotuned launches here and in block_sparse take this
+# lock, so threads launching at once (one autograd thread per device) do not mix them up
+LAUNCH_LOCK = threading.Lock()
+
+
 def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
               temperature: torch.Tensor, bias: torch.Tensor | None,
               transpose: bool) -> torch.Tensor:
@@ -242,7 +249,7 @@ def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
         return c.zero_() if bias is None else c.copy_(bias.expand(m, p))
     bias = bias.contiguous() if bias is not None else None  # the kernel reads it with stride 1
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(p, meta["BLOCK_P"]))
-    with _on_device(a):
+    with _on_device(a), LAUNCH_LOCK:
         _masked_mm_kernel[grid](
             a, weight, mask_logits, temperature, bias if bias is not None else c, c,
             m, p, r,
@@ -294,7 +301,7 @@ def masked_linear_bwd_wm(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.
     if m == 0:
         return dw.zero_(), dm.zero_()
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]),)
-    with _on_device(x):
+    with _on_device(x), LAUNCH_LOCK:
         _masked_linear_bwd_wm_kernel[grid](
             grad_out, x, weight, mask_logits, temperature, dw, dm,
             m, n, k,
