@@ -322,10 +322,18 @@ def workspace_needed(block: int, deterministic: int) -> bool:
     """Whether the sdd autotuner may pick a token-split config for this call (the same
     pruning it applies: block size, forced configs, deterministic mode, MORPHO_AUTOTUNE): a
     bf16 / fp16 launch allocates the fp32 workspace only then."""
-    kept = _PRUNERS["sdd"](_bs_sdd_kernel.configs, {"DETERMINISTIC": deterministic}, B=block)
+    key = (block, deterministic, INTERPRET, os.environ.get("MORPHO_AUTOTUNE", "1"),
+           tuple(sorted(_FORCED.get("sdd", {}).items())))
+    possible = _SPLIT_POSSIBLE.get(key)
+    if possible is None:  # memoised: the pruning walks every config (~10 µs a backward)
+        kept = _PRUNERS["sdd"](_bs_sdd_kernel.configs, {"DETERMINISTIC": deterministic},
+                               B=block)
+        possible = _SPLIT_POSSIBLE[key] = any(c.kwargs["SPLIT_M"] > 1 for c in kept)
     # a choice cached before the settings changed (MORPHO_AUTOTUNE) is launched as it is
-    kept += list(_bs_sdd_kernel.cache.values())
-    return any(c.kwargs["SPLIT_M"] > 1 for c in kept)
+    return possible or any(c.kwargs["SPLIT_M"] > 1 for c in _bs_sdd_kernel.cache.values())
+
+
+_SPLIT_POSSIBLE: dict[tuple, bool] = {}  # workspace_needed's pruning, per settings
 
 
 

@@ -77,6 +77,8 @@ def layer_budgets(model: MorphoModel, target: float, distribution: str) -> list[
     budgets sum to the model's target count exactly whenever the bounds allow it."""
     if distribution not in ("uniform", "erk"):
         raise ValueError(f"distribution must be 'uniform' or 'erk' here, got {distribution!r}")
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target must be in [0, 1), got {target!r}")
     layers = model.masked_layers()
     sizes = [layer.n_connections() for layer in layers]
     caps = [model.layer_live(layer) for layer in layers]
@@ -161,26 +163,35 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
         for layer, keep in zip(layers, layer_budgets(model, target, distribution)):
             live = model.layer_live(layer)
             half = _largest_unit(layer) // 2
-            _prune_layer(layer, live - keep + max(-half, min(half, carry)), by)
+            _prune_ranked([layer], live - keep + max(-half, min(half, carry)), by)
             now = live - model.layer_live(layer)
             carry += (live - keep) - now
             pruned += now
         return pruned
+    return _prune_ranked(layers, need, by)
+
+
+def _prune_ranked(layers: list, need: float, by: str) -> int:
+    """Rank the live units of ``layers`` together by score (`unit_scores`), never a layer's
+    best one, and hard-prune the lowest-ranked prefix whose size is closest to ``need``
+    connections (`_closest_prefix`). Returns the connections pruned."""
+    if need <= 0:
+        return 0
     scores, sizes, owner, index = [], [], [], []
     for li, layer in enumerate(layers):
         live = ~layer.pruned_units().reshape(-1)
+        score = unit_scores(layer, by).reshape(-1).float()
         # a layer's best unit is never a candidate: pruning a whole layer disconnects the net
-        live[torch.argmax(torch.where(live, unit_scores(layer, by).reshape(-1).float(),
-                                      float("-inf")))] = False
+        live[torch.argmax(torch.where(live, score, float("-inf")))] = False
         idx = torch.nonzero(live).flatten()
-        scores.append(unit_scores(layer, by).reshape(-1)[idx].float().cpu())
+        scores.append(score[idx].cpu())
         sizes.append(layer.unit_sizes().reshape(-1).to(idx.device)[idx].double().cpu())
         owner.append(torch.full((idx.numel(),), li, dtype=torch.long))
         index.append(idx.cpu())
     s, z, o, ix = (torch.cat(t) for t in (scores, sizes, owner, index))
-    order = torch.argsort(s, stable=True)
-    if not order.numel():
+    if not s.numel():
         return 0
+    order = torch.argsort(s, stable=True)
     chosen = order[:_closest_prefix(torch.cumsum(z[order], 0), need)]
     pruned = 0
     for li, layer in enumerate(layers):
@@ -191,24 +202,3 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
             drop[sel.to(drop.device)] = True
             pruned += layer.prune_units(drop.reshape(layer.mask_logits.shape))
     return pruned
-
-
-def _prune_layer(layer, need: int, by: str) -> int:
-    """Prune about ``need`` connections of one layer: its lowest-scoring live units, never
-    its best one. Returns the connections pruned."""
-    if need <= 0:
-        return 0
-    live = ~layer.pruned_units().reshape(-1)
-    score = unit_scores(layer, by).reshape(-1).float()
-    live[torch.argmax(torch.where(live, score, float("-inf")))] = False
-    idx = torch.nonzero(live).flatten()
-    if not idx.numel():
-        return 0
-    s = score[idx]
-    z = layer.unit_sizes().reshape(-1).to(idx.device)[idx].double()
-    order = torch.argsort(s.cpu(), stable=True).to(idx.device)
-    chosen = idx[order[:_closest_prefix(torch.cumsum(z[order], 0).cpu(), need)]]
-    drop = torch.zeros(layer.mask_logits.numel(), dtype=torch.bool,
-                       device=layer.mask_logits.device)
-    drop[chosen] = True
-    return layer.prune_units(drop.reshape(layer.mask_logits.shape))

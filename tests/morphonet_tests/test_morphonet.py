@@ -23,7 +23,7 @@ from morphonet import (
 )
 from morphonet.export import shrink, to_block_sparse
 from morphonet.schedule import (
-    _prune_layer,
+    _prune_ranked,
     enforce_sparsity,
     layer_budgets,
     target_sparsity_at,
@@ -314,6 +314,8 @@ def test_erk_and_uniform_budgets_water_fill_by_hand():
     assert layer_budgets(edges, 0.95, "uniform") == [256, 256, 80]
     with pytest.raises(ValueError, match="distribution"):
         layer_budgets(model, 0.5, "global")
+    with pytest.raises(ValueError, match="target"):
+        layer_budgets(model, 1.0, "erk")
     with pytest.raises(ValueError, match="distribution"):
         enforce_sparsity(model, 0.5, distribution="layerwise")
     with pytest.raises(ValueError, match="sparsity_distribution"):
@@ -382,7 +384,7 @@ def test_per_layer_pruning_keeps_each_layers_best_unit_and_ranks_by_saliency(dis
     # a carry can ask one layer for more than it has: its best unit still stays
     fresh = _moons_mlp().masked_layers()[0]
     best = fresh.unit_mask().detach().reshape(-1).argmax()
-    assert _prune_layer(fresh, 10**6, "mask") == 255
+    assert _prune_ranked([fresh], 10**6, "mask") == 255
     assert not fresh.pruned_units().reshape(-1)[best]
 
 
