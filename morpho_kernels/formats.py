@@ -234,6 +234,36 @@ class BlockSparseLayout:
         host synchronisation. Returns the (drop,) int64 slots that changed, for optimizer-state
         resets (see `morpho_kernels.nn.BlockSparseLinear.regrow`).
         """
+        self.check_regrow(values, drop, grow_scores, drop_scores)
+        nbr, nbc = self.grid
+        if drop == 0:
+            return torch.empty(0, dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            if drop_scores is None:  # one reduction kernel, fp32 (fp64) accumulation
+                drop_scores = self.block_norms(values)
+            slots = torch.topk(_finite(drop_scores.float()), drop, largest=False).indices
+            keys = self.rows.long() * nbc + self.cols.long()
+            scores = _finite(grow_scores.detach().float().flatten().to(self.device))
+            scores.index_fill_(0, keys, float("-inf"))  # live blocks never win over dead ones
+            grown = torch.topk(scores, drop).indices
+            self.rows.index_copy_(0, slots, (grown // nbc).to(torch.int32))
+            self.cols.index_copy_(0, slots, (grown % nbc).to(torch.int32))
+            values.index_fill_(0, slots, 0)
+            self.rebuild()
+        return slots
+
+    def block_norms(self, values: Tensor) -> Tensor:
+        """(capacity,) L2 norm of each slot's block, accumulated in fp32 (fp64 for fp64): the
+        default drop scores of `regrow`."""
+        self._check_values(values)
+        acc = torch.float64 if values.dtype == torch.float64 else torch.float32
+        with torch.no_grad():
+            return torch.linalg.vector_norm(values, dim=(1, 2), dtype=acc)
+
+    def check_regrow(self, values: Tensor, drop: int, grow_scores: Tensor,
+                     drop_scores: Optional[Tensor] = None) -> None:
+        """Raise the error `regrow` would raise for these arguments, changing nothing (callers
+        that must fail before a collective, e.g. a distributed regrow, check first)."""
         self._check_values(values)
         nbr, nbc = self.grid
         if isinstance(drop, bool) or not isinstance(drop, int) or drop < 0:
@@ -245,24 +275,9 @@ class BlockSparseLayout:
                              "that could grow")
         if not isinstance(grow_scores, Tensor) or grow_scores.shape != (nbr, nbc):
             raise ValueError(f"grow_scores must be a tensor of shape {(nbr, nbc)} (out/b, in/b)")
-        if drop == 0:
-            return torch.empty(0, dtype=torch.int64, device=self.device)
-        with torch.no_grad():
-            if drop_scores is None:  # one reduction kernel, fp32 (fp64) accumulation
-                acc = torch.float64 if values.dtype == torch.float64 else torch.float32
-                drop_scores = torch.linalg.vector_norm(values, dim=(1, 2), dtype=acc)
-            elif drop_scores.shape != (self.capacity,):
-                raise ValueError(f"drop_scores must have shape ({self.capacity},)")
-            slots = torch.topk(_finite(drop_scores.float()), drop, largest=False).indices
-            keys = self.rows.long() * nbc + self.cols.long()
-            scores = _finite(grow_scores.detach().float().flatten().to(self.device))
-            scores.index_fill_(0, keys, float("-inf"))  # live blocks never win over dead ones
-            grown = torch.topk(scores, drop).indices
-            self.rows.index_copy_(0, slots, (grown // nbc).to(torch.int32))
-            self.cols.index_copy_(0, slots, (grown % nbc).to(torch.int32))
-            values.index_fill_(0, slots, 0)
-            self.rebuild()
-        return slots
+        if drop_scores is not None and (not isinstance(drop_scores, Tensor)
+                                        or drop_scores.shape != (self.capacity,)):
+            raise ValueError(f"drop_scores must be a tensor of shape ({self.capacity},)")
 
 
 def _finite(s: Tensor) -> Tensor:

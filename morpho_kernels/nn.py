@@ -301,7 +301,7 @@ class BlockSparseLinear(nn.Module):
         return self.layout.density()
 
     def regrow(self, drop: int, grow_scores: Tensor, optimizer: torch.optim.Optimizer | None = None,
-               drop_scores: Tensor | None = None) -> Tensor:
+               drop_scores: Tensor | None = None, *, group="auto") -> Tensor:
         """Drop the ``drop`` live blocks of smallest magnitude (or ``drop_scores``) and grow the
         ``drop`` dead blocks of highest ``grow_scores`` (an (out/b, in/b) tensor, e.g. |dense
         gradient| summed per block) with zero values, in place and without a host sync.
@@ -309,8 +309,30 @@ class BlockSparseLinear(nn.Module):
         With ``optimizer``, every state tensor of ``values`` shaped like it (Adam / AdamW
         ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD ``momentum_buffer``) is zeroed at
         the regrown slots, so old moments never push the new blocks. Returns the slots changed.
+
+        Data-parallel training (``torch.distributed``): every replica must change its layout
+        the same way, or the replicas silently stop computing the same function (DDP would
+        even broadcast rank 0's index buffers over the others' at the next forward while each
+        rank zeroed its own slots). ``group`` says over which ranks to agree:
+
+        - a process group (``torch.distributed.group.WORLD`` for plain DDP): ``grow_scores``
+          and the drop scores are averaged over its ranks (one all-reduce each) before
+          ranking, so every rank picks the same blocks. Every rank of the group must call
+          ``regrow`` with the same ``drop``.
+        - ``None``: rank-local, no collective (layers that are not replicated).
+        - ``"auto"`` (default): rank-local when torch.distributed is not initialised or has
+          one rank; otherwise a ``RuntimeError`` asking for one of the two above, raised
+          before anything changes.
         """
-        slots = self.layout.regrow(self.values.data, drop, grow_scores, drop_scores)
+        layout = self.layout
+        layout.check_regrow(self.values.data, drop, grow_scores, drop_scores)
+        group = _regrow_group(group)
+        if group is not None and drop > 0:
+            grow_scores = _group_mean(grow_scores, group, self.values.device)
+            drop_scores = _group_mean(layout.block_norms(self.values.data)
+                                      if drop_scores is None else drop_scores,
+                                      group, self.values.device)
+        slots = layout.regrow(self.values.data, drop, grow_scores, drop_scores)
         if optimizer is not None:
             state = optimizer.state.get(self.values, {})
             with torch.no_grad():
@@ -338,6 +360,39 @@ class BlockSparseLinear(nn.Module):
                 f"blocks={self.values.shape[0]}, density={self.density():.3f}")
 
 
+def _regrow_group(group):
+    """The process group a regrow agrees over, or None for a rank-local regrow (see
+    `BlockSparseLinear.regrow`)."""
+    import torch.distributed as dist
+
+    initialised = dist.is_available() and dist.is_initialized()
+    if isinstance(group, str):
+        if group != "auto":
+            raise ValueError(f"group must be a process group, None or 'auto', got {group!r}")
+        if initialised and dist.get_world_size() > 1:
+            raise RuntimeError(
+                f"torch.distributed is initialised with {dist.get_world_size()} ranks: pass "
+                "group=torch.distributed.group.WORLD (or the data-parallel group) so that every "
+                "replica regrows the same blocks, or group=None for a layer that is not "
+                "replicated (rank-local layout)")
+        return None
+    if group is None:
+        return None
+    if not initialised:
+        raise RuntimeError("group= was given but torch.distributed is not initialised")
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _group_mean(t: Tensor, group, device: torch.device) -> Tensor:
+    """fp32 (fp64) copy of ``t`` on ``device``, averaged over the ranks of ``group``."""
+    import torch.distributed as dist
+
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    out = t.detach().to(device=device, dtype=dtype, copy=True)
+    dist.all_reduce(out, group=group)
+    return out.div_(dist.get_world_size(group))
+
+
 class GraphedRegrow:
     """`BlockSparseLinear.regrow` captured once into a CUDA graph and replayed.
 
@@ -355,10 +410,15 @@ class GraphedRegrow:
     index buffers and optimizer state: rebuild it after anything that reallocates them
     (``load_state_dict`` of the optimizer, ``.to()``, a new optimizer). The warm-up needed
     before capture runs on a copy of the layer, so constructing this changes nothing.
+
+    ``group`` is `BlockSparseLinear.regrow`'s: with a process group, each call averages
+    ``grow_scores`` over its ranks (one all-reduce, outside the graph) before the replay. The
+    drop scores (the values' norms) are not reduced inside the graph: under DDP the replicas'
+    values are identical, so every rank drops the same blocks.
     """
 
     def __init__(self, layer: BlockSparseLinear, drop: int,
-                 optimizer: torch.optim.Optimizer | None = None):
+                 optimizer: torch.optim.Optimizer | None = None, *, group="auto"):
         if not isinstance(layer, BlockSparseLinear):
             raise TypeError(f"layer must be a BlockSparseLinear, got {type(layer).__name__}")
         grid = layer.layout.grid
@@ -380,6 +440,7 @@ class GraphedRegrow:
         if dev.type != "cuda":
             raise ValueError(f"GraphedRegrow needs a CUDA layer (CUDA graphs); the layer is on "
                              f"{dev}: call layer.regrow(...) there")
+        self.group = _regrow_group(group)
         self.layer, self.drop, self.optimizer = layer, drop, optimizer
         self.scores = torch.zeros(grid, device=dev, dtype=torch.float32)
         # warm up (lazy kernel initialisation) on a side stream, on a copy: a regrow changes
@@ -388,17 +449,19 @@ class GraphedRegrow:
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            scratch.regrow(drop, self.scores)
+            scratch.regrow(drop, self.scores, group=None)
         torch.cuda.current_stream(dev).wait_stream(side)
         del scratch
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.slots = layer.regrow(drop, self.scores, optimizer=optimizer)
+            self.slots = layer.regrow(drop, self.scores, optimizer=optimizer, group=None)
 
     def __call__(self, grow_scores: Tensor) -> Tensor:
         """Regrow with ``grow_scores`` ((out/b, in/b)); returns the changed slots."""
         if not isinstance(grow_scores, Tensor) or grow_scores.shape != self.scores.shape:
             raise ValueError(f"grow_scores must be a tensor of shape {tuple(self.scores.shape)}")
+        if self.group is not None:
+            grow_scores = _group_mean(grow_scores, self.group, self.scores.device)
         self.scores.copy_(grow_scores)
         self.graph.replay()
         return self.slots
