@@ -62,6 +62,38 @@ def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: 
     return statistics.median(times), q[1], q[7]
 
 
+def time_pair_ms(fa: Callable[[], object], fb: Callable[[], object], device: str,
+                 min_reps: int = 20, budget_s: Optional[float] = None,
+                 warmup: int = 2) -> tuple[float, float]:
+    """Medians (ms) of fa and fb timed rep by rep in alternation (CUDA events on GPU), so that
+    drift (clocks, a shared machine) hits both alike: for small differences between two
+    nearly equal calls, e.g. a training step with and without one extra operation."""
+    if budget_s is None:
+        budget_s = 1.0 if device.startswith("cuda") else 2.0
+    for _ in range(warmup):
+        fa()
+        fb()
+    _sync(device)
+    times: tuple[list[float], list[float]] = ([], [])
+    start = time.perf_counter()
+    while len(times[0]) < min_reps or time.perf_counter() - start < budget_s:
+        for fn, out in ((fa, times[0]), (fb, times[1])):
+            if device.startswith("cuda"):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
+                b.synchronize()
+                out.append(a.elapsed_time(b))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+        if len(times[0]) >= 2000:
+            break
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def peak_mem_mb(fn: Callable[[], object], device: str) -> Optional[float]:
     """Allocator peak above what was allocated before fn (CUDA only; None on CPU)."""
     if not device.startswith("cuda"):

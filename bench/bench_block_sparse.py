@@ -7,7 +7,11 @@ impl:
   torch_csr  CPU only: F.linear(x, W.to_sparse_csr()) (forward only)
   regrow     one BlockSparseLinear.regrow of 10% of the blocks (mode `regrow`), with the
              morpho fwd+bwd step of the same case to compare against; on CUDA also mode
-             `regrow_graphed`: the same regrow replayed from one CUDA graph (GraphedRegrow)
+             `regrow_graphed`: the same regrow replayed from one CUDA graph (GraphedRegrow);
+             mode `train_step+regrow`: a training step (fwd+bwd + AdamW step) with one regrow
+             after it, timed alternately with the plain step (`step_ms`): `regrow_marginal_ms`
+             is what the regrow adds to a training loop (on GPU its launches overlap the
+             step's queued kernels); `train_step+regrow_graphed` likewise with GraphedRegrow
 mode: fwd (no autograd graph), fwd+bwd (forward, backward to x, values / weight and bias).
 
 Usage:
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Recorder, peak_mem_mb, time_ms  # noqa: E402
+from _common import Recorder, peak_mem_mb, time_ms, time_pair_ms  # noqa: E402
 
 from morpho_kernels.nn import BlockSparseLinear  # noqa: E402
 from morpho_kernels.ops.block_sparse_linear import DISPATCH  # noqa: E402
@@ -36,7 +40,9 @@ from morpho_kernels.ops.block_sparse_linear import DISPATCH  # noqa: E402
 GRIDS = {
     "quick": (256, [1024], [32], [0.9], [torch.float32]),
     "cpu": (256, [2048, 4096], [32, 64, 128], [0.5, 0.75, 0.9, 0.95], [torch.float32]),
-    "cuda": (8192, [2048, 4096, 8192], [32, 64, 128], [0.5, 0.75, 0.9, 0.95],
+    # largest first: the first four cases are the targets (bf16, 8192², block 128), so
+    # a run cut short by a time limit still measures them
+    "cuda": (8192, [8192, 4096, 2048], [128, 64, 32], [0.5, 0.75, 0.9, 0.95],
              [torch.bfloat16, torch.float32]),
 }
 
@@ -129,6 +135,7 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
         record("morpho", "regrow", lambda: layer.regrow(k, scores, optimizer=opt),
                shape={**shape, "regrow_blocks": k},
                extra=lambda med: {"regrow_over_step": med / step})
+        graphed = None
         if device.startswith("cuda"):  # the same regrow replayed from one CUDA graph
             from morpho_kernels.nn import GraphedRegrow
 
@@ -136,6 +143,32 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
             record("morpho", "regrow_graphed", lambda: graphed(scores),
                    shape={**shape, "regrow_blocks": k},
                    extra=lambda med: {"regrow_over_step": med / step})
+        # What a training loop pays: a training step (fwd+bwd, optimizer step) with and
+        # without one regrow after it, timed in alternation. On a GPU the regrow's host-side
+        # launches overlap the step's queued kernels (nothing synchronises), so the difference
+        # is the device time the regrow adds, unlike `regrow` above, which times it alone.
+        params = list(layer.parameters())
+
+        def train_step():
+            fwd_bwd(layer, [])()
+            opt.step()
+            for p in params:
+                p.grad = None
+
+        variants = {"eager": lambda: layer.regrow(k, scores, optimizer=opt)}
+        if graphed is not None:
+            variants["graphed"] = lambda: graphed(scores)
+        for variant, regrow in variants.items():
+            def train_step_regrow(regrow=regrow):
+                train_step()
+                regrow()
+
+            plain, with_regrow = time_pair_ms(train_step, train_step_regrow, device)
+            mode = "train_step+regrow" + ("_graphed" if variant == "graphed" else "")
+            rec.add(**common, shape={**shape, "regrow_blocks": k}, impl="morpho", mode=mode,
+                    median_ms=with_regrow,
+                    step_ms=plain, regrow_marginal_ms=with_regrow - plain,
+                    regrow_over_train_step=(with_regrow - plain) / plain, backend=None)
 
 
 def summarize(records: list[dict]) -> str:
@@ -147,8 +180,9 @@ def summarize(records: list[dict]) -> str:
         by.setdefault(key, {})[(r["impl"], r["mode"])] = r
     lines = ["| dtype | n=k | block | sparsity | fwd ms | dense fwd ms | dense/morpho fwd | "
              "bsr/morpho fwd | csr/morpho fwd | fwd+bwd ms | dense/morpho fwd+bwd | "
-             "regrow ms (% of step) | graphed regrow ms (% of step) | backend |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "regrow ms (% of step) | graphed regrow ms (% of step) | "
+             "regrow in a training step ms (% of it) | graphed, in a training step | backend |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
 
     def ratio(c, peer, mode):
         return (f"{c[(peer, mode)]['median_ms'] / c[('morpho', mode)]['median_ms']:.2f}"
@@ -162,11 +196,18 @@ def summarize(records: list[dict]) -> str:
         rg_s, rgg_s = (
             f"{r['median_ms']:.3f} ({100 * r['median_ms'] / mb['median_ms']:.1f}%)" if r else "n/a"
             for r in (c.get(("morpho", "regrow")), c.get(("morpho", "regrow_graphed"))))
+        in_step = (
+            f"{r['regrow_marginal_ms']:.3f} ({100 * r['regrow_over_train_step']:.1f}%)"
+            if r else "n/a"
+            for r in (c.get(("morpho", "train_step+regrow")),
+                      c.get(("morpho", "train_step+regrow_graphed"))))
+        st_s, stg_s = in_step
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:.2f} | {mf['median_ms']:.3f} | "
             f"{c[('dense', 'fwd')]['median_ms']:.3f} | {ratio(c, 'dense', 'fwd')} | "
             f"{ratio(c, 'torch_bsr', 'fwd')} | {ratio(c, 'torch_csr', 'fwd')} | "
             f"{mb['median_ms']:.3f} | {ratio(c, 'dense', 'fwd+bwd')} | {rg_s} | {rgg_s} | "
+            f"{st_s} | {stg_s} | "
             f"{mf['backend']} |")
     return "\n".join(lines)
 
