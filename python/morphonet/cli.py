@@ -43,6 +43,13 @@ def _compare(args: argparse.Namespace) -> int:
     from . import compare as cmp
 
     if args.render:
+        extra = [f"--{k.replace('_', '-')}" for k in ("quick", "no_tune", "seeds", "epochs",
+                                                        "datasets")
+                 if getattr(args, k) not in (None, False)]
+        if extra:
+            print(f"--render trains nothing and takes only --out; drop {' '.join(extra)}",
+                  file=sys.stderr)
+            return 2
         return _render(cmp, Path(args.out))
     cases = cmp.quick_cases() if args.quick else list(cmp.FULL_CASES)
     if args.datasets:
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--out", default="results/compare", help="output directory")
     cmp.add_argument("--render", action="store_true",
                      help="train nothing: rewrite compare.md / .json in --out from the runs "
-                     "recorded in its compare.json (the other options are ignored)")
+                     "recorded in its compare.json (takes only --out)")
     cmp.set_defaults(func=_compare, argv=argv)
     try:
         from .structure.cli import add_grow_parser

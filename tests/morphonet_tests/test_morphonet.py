@@ -651,6 +651,11 @@ def test_compare_runs_and_writes_tables(tmp_path):
                               "--out", str(tmp_path / "none")], capture_output=True, text=True,
                              timeout=60)
     assert missing.returncode == 2 and "no " in missing.stderr
+    mixed = subprocess.run([sys.executable, "-m", "morphonet.cli", "compare", "--render",
+                            "--seeds", "3", "--out", str(tmp_path)], capture_output=True,
+                           text=True, timeout=60)
+    assert mixed.returncode == 2 and "--seeds" in mixed.stderr
+    assert (tmp_path / "compare.md").read_text() == text  # nothing rewritten
 
 
 def test_select_chooses_on_validation_never_test():
