@@ -86,17 +86,31 @@ class MorphoModel(nn.Module):
         """Fraction of prunable connections hard-pruned."""
         return 1.0 - self.n_live() / self.n_connections()
 
+    def unit_norms(self) -> list[tuple[MaskedMixin, nn.Module]]:
+        """(masked layer, the norm right after it) pairs whose neuron mask is applied after
+        the norm (`masked_then_norm`), so the norm's per-unit parameters of a pruned unit are
+        dead. Models that have such pairs list them."""
+        return []
+
     def _other_params(self) -> tuple[int, int]:
         """(all, live) parameters that are neither masked weights nor mask logits: biases,
-        norm parameters, skip gates, embeddings. A bias of a pruned neuron is not live."""
+        norm parameters, skip gates, embeddings. Not live: the bias of a pruned neuron, and
+        the norm parameters (γ, β) of a pruned neuron whose mask follows the norm (its output
+        is exactly zero whatever they are). The next layer's weights that read a pruned unit
+        stay counted (they are connections of that layer until `export.shrink` drops them)."""
         masked = {id(layer.weight) for layer in self.masked_layers()}
         masked |= {id(layer.mask_logits) for layer in self.masked_layers()}
-        dead_bias = 0
+        dead = 0
         for layer in self.masked_layers():
             if layer.granularity == "neuron" and layer.bias is not None:
-                dead_bias += int(layer.pruned_units().sum())
+                dead += int(layer.pruned_units().sum())
+        for layer, norm in self.unit_norms():
+            if layer.granularity == "neuron" and not isinstance(norm, nn.Identity):
+                units = layer.pruned_units().numel()
+                per_unit = sum(p.numel() for p in norm.parameters()) // units
+                dead += per_unit * int(layer.pruned_units().sum())
         n = sum(p.numel() for p in self.parameters() if id(p) not in masked)
-        return n, n - dead_bias
+        return n, n - dead
 
     def count_params(self) -> tuple[int, int]:
         """(total, effective): weights of masked layers plus every other parameter except the
@@ -151,6 +165,9 @@ class MorphoNetMLP(MorphoModel):
                 zip([config.input_dim, *hidden], hidden)]
         self.skip_gates = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(()))
                                             for i, s in enumerate(skip) if s})
+
+    def unit_norms(self) -> list[tuple[MaskedMixin, nn.Module]]:
+        return list(zip(self.layers[:-1], self.norms))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, input_dim) → (B, n_classes)
         if x.dim() != 2 or x.shape[1] != self.config.input_dim:
@@ -215,6 +232,9 @@ class MorphoNetCNN(MorphoModel):
             self.layers.append(MorphoLinear(a, b, **kw))
         self.n_convs = len(config.conv_channels)
         self.act = _act(config)
+
+    def unit_norms(self) -> list[tuple[MaskedMixin, nn.Module]]:
+        return [(self.layers[i], self.conv_post[i]["norm"]) for i in range(self.n_convs)]
 
     @torch.no_grad()
     def _probe_flat_size(self) -> int:

@@ -196,6 +196,12 @@ def test_neuron_granularity_counts_dead_biases_and_shrinks_exactly():
     torch.testing.assert_close(small(x), model(x), atol=1e-6, rtol=1e-5)
     kept = [int((~layer.pruned_units()).sum()) for layer in model.layers[:2]]
     assert [m.out_features for m in small if isinstance(m, torch.nn.Linear)] == [*kept, 3]
+    # a pruned unit's bias and its batchnorm γ, β are dead (the mask follows the norm)
+    pruned = 16 + 12 - sum(kept)
+    assert 0 < pruned < 28
+    other = (16 + 12 + 3) + 2 * (16 + 12)  # biases, batchnorm γ/β (no skip: widths differ)
+    assert model.count_params() == (model.n_connections() + other,
+                                    model.n_live() + other - 3 * pruned)
     with pytest.raises(ValueError, match="neuron"):
         shrink(MorphoNetMLP(cfg.replace(mask_granularity="element")))
 
@@ -210,6 +216,12 @@ def test_cnn_shrinks_exactly(shape):
     model.eval()
     x = torch.randn(4, *shape)
     torch.testing.assert_close(shrink(model).eval()(x), model(x), atol=1e-6, rtol=1e-5)
+    dead = sum(int(layer.pruned_units().sum()) for layer in model.layers  # convs + hidden
+               if layer.granularity == "neuron")
+    dead_norm = sum(int(layer.pruned_units().sum()) for layer in model.layers[:2])
+    assert dead_norm > 0
+    total, effective = model.count_params()
+    assert total - effective == model.n_connections() - model.n_live() + dead + 2 * dead_norm
 
 
 def test_cnn_honours_stride_padding_dilation_groups_and_flat_rows():
