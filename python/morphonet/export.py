@@ -10,6 +10,12 @@ threshold but not pruned are dropped, which changes the output by their (small) 
 MorphoNet's `MorphoLinear` layers (element or block masks) convert too; for them the kept
 connections are exactly those not hard-pruned, so the outputs are the same.
 
+A `MorphoNetTransformer` converts as a whole: the head gates σ(g/T) of each attention scale
+the columns of its o projection that read the head, so they are folded into the converted o's
+values (a pruned head's columns become exact zeros and its blocks are dropped, as are the
+blocks of q, k, v that only feed pruned heads), and ``attn.head_gates`` becomes None. The
+converted attention has no gates and no temperature left to read; the outputs are the same.
+
 `shrink(model)`: a neuron-masked MorphoNet MLP or CNN becomes a physically smaller dense
 network (below).
 """
@@ -26,6 +32,7 @@ from morpho_kernels.formats import BLOCK_SIZES
 from morpho_kernels.nn import BlockSparseLinear, MaskedLinear
 
 from .layers import MorphoLinear
+from .transformer import MorphoSelfAttention
 
 _CONVERTIBLE = (MaskedLinear, MorphoLinear)
 
@@ -39,9 +46,15 @@ def _live(layer, threshold: float) -> torch.Tensor:
     return layer.get_mask(hard=True, threshold=threshold) > 0
 
 
-def _convert(layer, block_size: int, threshold: float) -> BlockSparseLinear:
+def _convert(layer, block_size: int, threshold: float, dead: Optional[torch.Tensor] = None,
+             col_scale: Optional[torch.Tensor] = None) -> BlockSparseLinear:
+    """``layer`` as a `BlockSparseLinear`. ``dead`` (weight-shaped bool): connections whose
+    contribution is discarded downstream anyway (pruned heads), not counted as live;
+    ``col_scale`` (in_features,): a per-input factor folded into the weight's columns."""
     with torch.no_grad():
         weff = layer.effective_weight().detach()
+        if col_scale is not None:
+            weff = weff * col_scale.to(weff)[None, :]
         lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                         device=weff.device, dtype=weff.dtype)
         lin.weight.copy_(weff)
@@ -51,6 +64,8 @@ def _convert(layer, block_size: int, threshold: float) -> BlockSparseLinear:
         b = block_size
         mask = torch.zeros(-(-n // b) * b, -(-k // b) * b, dtype=torch.bool, device=weff.device)
         mask[:n, :k] = _live(layer, threshold)
+        if dead is not None:
+            mask[:n, :k] &= ~dead.to(mask.device)
         # a block lives when any of its connections does; inside it the effective weight is
         # kept as is (soft values included), so live blocks compute exactly what they did
         blocks = mask.reshape(mask.shape[0] // b, b, mask.shape[1] // b, b).any(3).any(1)
@@ -82,15 +97,50 @@ def to_block_sparse(model: nn.Module, block_size: Optional[int] = None, threshol
     if isinstance(out, _CONVERTIBLE):
         return _convert(out, _block_of(out, block_size), threshold)
     converted = 0
+    for attn in [m for m in out.modules() if isinstance(m, MorphoSelfAttention)]:
+        converted += _convert_attention(attn, block_size, threshold)
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, _CONVERTIBLE) and getattr(child, "granularity", "") != "neuron":
+            if _convertible(child):
                 setattr(parent, name, _convert(child, _block_of(child, block_size), threshold))
                 converted += 1
     if converted == 0:
         raise ValueError("model has no MaskedLinear or (element / block) MorphoLinear layer to "
                          "convert")
     return out
+
+
+def _convertible(layer: nn.Module) -> bool:
+    return isinstance(layer, _CONVERTIBLE) and getattr(layer, "granularity", "") != "neuron"
+
+
+def _convert_attention(attn: MorphoSelfAttention, block_size: Optional[int],
+                       threshold: float) -> int:
+    """Convert the q, k, v, o projections of one attention, folding its head gates into o's
+    columns when o converts (the gates then go: ``attn.head_gates = None``); returns how many
+    projections were converted. A neuron-masked o stays a `MorphoLinear` and keeps the gates,
+    which read its temperature."""
+    if attn.head_gates is None:  # already converted: its gates live in o
+        return 0
+    if not isinstance(attn.o, MorphoLinear):
+        raise ValueError(f"cannot convert a MorphoSelfAttention whose o projection is a "
+                         f"{type(attn.o).__name__}: its head gates read o's temperature, so they "
+                         f"cannot be evaluated and folded; convert the unconverted model")
+    fold = _convertible(attn.o)
+    with torch.no_grad():
+        gates = attn.gate_values().detach() if fold else None  # before o is replaced
+    n = 0
+    for role in attn.ROLES:
+        layer = getattr(attn, role)
+        if not _convertible(layer):
+            continue
+        scale = attn._per_feature(gates) if role == "o" else None
+        setattr(attn, role, _convert(layer, _block_of(layer, block_size), threshold,
+                                     dead=attn.dead_region(layer), col_scale=scale))
+        n += 1
+    if fold:
+        attn.head_gates = None
+    return n
 
 
 def _block_of(layer: nn.Module, block_size: Optional[int]) -> int:

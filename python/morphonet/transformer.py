@@ -29,6 +29,14 @@ it controls:
 The gate logits are the parameter ``blocks.<i>.attn.head_gates.mask_logits``: the trainer's
 suffix rule puts them in the mask optimizer. Their temperature is the o projection's, so
 ``set_temperature`` (on the model or on every masked layer) updates the gates as well.
+
+Export: a gate scales its head's output, which the o projection reads through its columns
+``h·d_head … (h+1)·d_head − 1``, so ``o(y · gate) = (W_o · gate per column) y + b_o``.
+`morphonet.export.to_block_sparse` folds each gate σ(g/T), at the temperature of the moment,
+into those columns of the converted o (a pruned head's columns become exact zeros) and sets
+``attn.head_gates`` to None: the converted attention has no gates and no temperature, and
+computes what the MorphoNet did. Pruning and counting belong to the model before conversion;
+on a converted model the methods that need gates raise a `RuntimeError` that says so.
 """
 
 from __future__ import annotations
@@ -101,15 +109,32 @@ class MorphoSelfAttention(nn.Module):
         self.k = MorphoLinear(d_model, d_model, **linear_kwargs)
         self.v = MorphoLinear(d_model, d_model, **linear_kwargs)
         self.o = MorphoLinear(d_model, d_model, **linear_kwargs)
-        self.head_gates = HeadGates(n_heads, gate_init)
+        # None once morphonet.export.to_block_sparse has folded the gates into o
+        self.head_gates: Optional[HeadGates] = HeadGates(n_heads, gate_init)
 
     def projections(self) -> list[MorphoLinear]:
         """[q, k, v, o]."""
         return [self.q, self.k, self.v, self.o]
 
+    def gates(self) -> HeadGates:
+        """The `HeadGates` module; a clear error when the export has folded them into o."""
+        if self.head_gates is None:
+            raise RuntimeError("this attention's head gates were folded into its o projection "
+                               "by morphonet.export.to_block_sparse: the converted model has no "
+                               "gates (prune and count the MorphoNet before converting it)")
+        return self.head_gates
+
+    def gate_temperature(self) -> Tensor:
+        """T of the gates: the o projection's temperature (a 0-d tensor)."""
+        if not isinstance(self.o, MaskedMixin):
+            raise RuntimeError(f"the head gates read the o projection's temperature, but o is a "
+                               f"{type(self.o).__name__}; convert the whole model with "
+                               f"morphonet.export.to_block_sparse, which folds the gates into o")
+        return self.o.temperature
+
     def gate_values(self) -> Tensor:
         """σ(g/T) per head, shape (H,), with T the o projection's temperature."""
-        return self.head_gates.values(self.o.temperature)
+        return self.gates().values(self.gate_temperature())
 
     def _per_feature(self, per_head: Tensor) -> Tensor:
         """(H,) → (d_model,): each head's value repeated over its d_head features."""
@@ -124,7 +149,7 @@ class MorphoSelfAttention(nn.Module):
     def dead_region(self, layer: MorphoLinear) -> Optional[Tensor]:
         """Weight-shaped bool (broadcastable): connections of ``layer`` owned by pruned heads;
         None when no head is pruned."""
-        dead = self.head_gates.pruned()
+        dead = self.gates().pruned()
         if not bool(dead.any()):
             return None
         return self.head_region(layer, dead).expand_as(layer.weight)
@@ -151,7 +176,8 @@ class MorphoSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, dh)
-        y = y * self.gate_values().to(y.dtype).view(1, h, 1, 1)  # pruned head → exactly 0
+        if self.head_gates is not None:  # None: folded into o by the export
+            y = y * self.gate_values().to(y.dtype).view(1, h, 1, 1)  # pruned head → exactly 0
         return self.o(y.transpose(1, 2).reshape(b, n, h * dh))  # (B, L, d_model)
 
 
@@ -251,7 +277,7 @@ class MorphoNetTransformer(MorphoModel):
 
     def pruned_heads(self) -> Tensor:
         """Boolean (n_layers, n_heads): True where the head is pruned."""
-        return torch.stack([a.head_gates.pruned() for a in self.attentions()])
+        return torch.stack([a.gates().pruned() for a in self.attentions()])
 
     def _owner(self) -> dict[int, MorphoSelfAttention]:
         return {id(lay): a for a in self.attentions() for lay in a.projections()}
@@ -345,7 +371,7 @@ class MorphoNetTransformer(MorphoModel):
         for layer in self.masked_layers():
             layer.prune(t)
         for attn in self.attentions():
-            attn.head_gates.prune(t, attn.o.temperature)
+            attn.gates().prune(t, attn.gate_temperature())
             attn.propagate_pruned_heads()
         return before - self.n_live()
 
@@ -362,7 +388,7 @@ class MorphoNetTransformer(MorphoModel):
                     raise ValueError(f"head index must be in [0, {self.config.n_heads}), got "
                                      f"{hd!r}")
             with torch.no_grad():
-                attns[i].head_gates.mask_logits[list(hs)] = float("-inf")
+                attns[i].gates().mask_logits[list(hs)] = float("-inf")
             attns[i].propagate_pruned_heads()
         return before - self.n_live()
 
@@ -371,7 +397,7 @@ class MorphoNetTransformer(MorphoModel):
         (gate logits included), for the unpruned model and for the live structure. Dead
         biases: those of pruned neurons and the q/k/v biases of pruned heads."""
         skip = {id(p) for lay in self.masked_layers() for p in (lay.weight, lay.mask_logits)}
-        skip |= {id(a.head_gates.mask_logits) for a in self.attentions()}
+        skip |= {id(a.gates().mask_logits) for a in self.attentions()}
         other = sum(p.numel() for p in self.parameters() if id(p) not in skip)
         owners = self._owner()
         dead_bias = 0
@@ -383,7 +409,7 @@ class MorphoNetTransformer(MorphoModel):
                 dead |= lay.pruned_units().to(dead.device)
             owner = owners.get(id(lay))
             if owner is not None and lay is not owner.o:
-                dead |= owner._per_feature(owner.head_gates.pruned()).to(dead.device)
+                dead |= owner._per_feature(owner.gates().pruned()).to(dead.device)
             dead_bias += int(dead.sum())
         return self.n_connections() + other, self.n_live() + other - dead_bias
 

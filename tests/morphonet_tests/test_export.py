@@ -5,7 +5,10 @@ import torch
 from torch import nn
 
 from morpho_kernels.nn import BlockSparseLinear, MaskedLinear
+from morphonet.config import MorphoConfig
 from morphonet.export import to_block_sparse
+from morphonet.layers import MorphoLinear
+from morphonet.transformer import MorphoNetTransformer
 
 
 def _block_masked_mlp(block=16, seed=0):
@@ -58,3 +61,133 @@ def test_export_rejects_bad_arguments():
         to_block_sparse(model, block_size=24)
     with pytest.raises(ValueError, match="no MaskedLinear"):
         to_block_sparse(nn.Sequential(nn.Linear(4, 4)), block_size=16)
+
+
+# ---------------------------------------------------------------------- MorphoNetTransformer
+
+V = 12  # vocab; token 0 pads where a pad_token_id is used
+
+
+def _pruned_transformer(gran="block", n_heads=2, seed=0, **kw):
+    """A tiny transformer (d_model 32, 2 blocks) with random mask logits, live gates well
+    below 1, head 1 of block 0 pruned, T = 0.8, pruned at 0.3 (some blocks / elements go)."""
+    torch.manual_seed(seed)
+    cfg = MorphoConfig(network_type="transformer", n_classes=3, d_model=32, n_heads=n_heads,
+                       n_layers=2, max_seq_len=16, mask_granularity=gran, block_size=16, **kw)
+    m = MorphoNetTransformer(cfg, vocab_size=V).eval()
+    with torch.no_grad():
+        for lay in m.masked_layers():
+            lay.mask_logits.normal_()
+        for attn in m.attentions():
+            attn.head_gates.mask_logits.uniform_(-0.2, 0.8)  # σ(g/0.8) ∈ (0.44, 0.73)
+    m.set_temperature(0.8)
+    m.prune_heads({0: [1]})
+    m.prune(0.3)
+    assert m.pruned_heads()[0].tolist() == [False, True] + [False] * (n_heads - 2)
+    assert 0.05 < m.sparsity() < 0.9
+    return m
+
+
+def _padded_tokens(n=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(1, V, (4, n), generator=g)
+    valid = torch.ones(4, n, dtype=torch.bool)
+    valid[1, 6:] = False
+    valid[2, 3:] = False
+    return x, valid
+
+
+@pytest.mark.parametrize("task,causal", [("classification", False), ("classification", True),
+                                         ("lm", True)])
+def test_export_transformer_same_outputs(task, causal):
+    m = _pruned_transformer(task=task, causal=causal)
+    gates = m.head_gates()
+    sparse = to_block_sparse(m)
+    for blk in sparse.blocks:
+        for lay in (blk.attn.q, blk.attn.k, blk.attn.v, blk.attn.o, blk.ff1, blk.ff2):
+            assert isinstance(lay, BlockSparseLinear)
+        assert blk.attn.head_gates is None  # folded into o
+    assert isinstance(sparse.head, BlockSparseLinear)
+    # the pruned head's blocks are gone: q, k, v rows 16..31 and o columns 16..31 of block 0
+    attn = sparse.blocks[0].attn
+    for lay in (attn.q, attn.k, attn.v):
+        assert not bool(lay.layout.block_mask()[1].any())
+    assert not bool(attn.o.layout.block_mask()[:, 1].any())
+    # the original is untouched and still has its gates and temperature
+    assert isinstance(m.blocks[0].attn.o, MorphoLinear) and torch.equal(m.head_gates(), gates)
+    x, valid = _padded_tokens()
+    with torch.no_grad():
+        for mask in (None, valid, valid.long()):
+            torch.testing.assert_close(sparse(x, attention_mask=mask),
+                                       m(x, attention_mask=mask), atol=1e-5, rtol=1e-5)
+    # the live gates (σ(g/T) at T = 0.8, not 1) were folded in: the converted model no longer
+    # depends on the temperature, while the original's set_temperature works as before
+    ref = sparse(x, attention_mask=valid)
+    m.set_temperature(2.0)
+    assert torch.equal(sparse(x, attention_mask=valid), ref)
+    assert not torch.allclose(m(x, attention_mask=valid), ref)
+    # the converted model fine-tunes
+    sparse.train()
+    sparse(x, attention_mask=valid).float().pow(2).mean().backward()
+    assert sparse.blocks[0].attn.o.values.grad.abs().sum() > 0
+
+
+def test_export_transformer_pad_token_id_and_hand_pruned_head():
+    m = _pruned_transformer(task="lm", pad_token_id=0, seed=2)
+    attn = m.blocks[1].attn
+    with torch.no_grad():  # a head pruned by hand: its mask units stay live
+        attn.q.mask_logits[0] = 1.0
+        attn.o.mask_logits[:, 0] = 1.0
+        attn.head_gates.mask_logits[0] = float("-inf")
+    sparse = to_block_sparse(m)
+    attn = sparse.blocks[1].attn  # its blocks are dropped all the same
+    assert not bool(attn.q.layout.block_mask()[0].any())
+    assert not bool(attn.o.layout.block_mask()[:, 0].any())
+    x, valid = _padded_tokens(seed=3)
+    x = x.masked_fill(~valid, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_transformer_element_and_neuron_masks_with_block_size():
+    # element masks, heads of 8 (narrower than a block): the pruned head's o columns share
+    # blocks with a live head's, and are exact zeros there
+    m = _pruned_transformer(gran="element", n_heads=4, seed=4)
+    with pytest.raises(ValueError, match="block_size"):
+        to_block_sparse(m)
+    sparse = to_block_sparse(m, block_size=16)
+    o = sparse.blocks[0].attn.o
+    assert isinstance(o, BlockSparseLinear) and sparse.blocks[0].attn.head_gates is None
+    assert torch.equal(o.to_linear().weight[:, 8:16], torch.zeros(32, 8))
+    x, valid = _padded_tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x, attention_mask=valid),
+                                   m(x, attention_mask=valid), atol=1e-5, rtol=1e-5)
+    # neuron masks: the projections stay MorphoLinear (use shrink for units), the gates stay
+    # and read o's temperature; only the (element-masked) output head converts
+    m = _pruned_transformer(gran="neuron", seed=5)
+    sparse = to_block_sparse(m, block_size=16)
+    attn = sparse.blocks[0].attn
+    assert isinstance(attn.o, MorphoLinear) and attn.head_gates is not None
+    assert isinstance(sparse.head, BlockSparseLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x, attention_mask=valid),
+                                   m(x, attention_mask=valid), atol=1e-5, rtol=1e-5)
+
+
+def test_export_transformer_clear_errors():
+    m = _pruned_transformer(task="lm")
+    sparse = to_block_sparse(m)
+    # pruning and counting need the gates, which the converted model no longer has
+    for call in (sparse.pruned_heads, sparse.head_gates, sparse.prune,
+                 lambda: sparse.prune_heads({0: [0]})):
+        with pytest.raises(RuntimeError, match="folded"):
+            call()
+    # an attention whose o was swapped by hand: its gates cannot be evaluated, so no model
+    # (and no AttributeError at run time) comes out of the export
+    attn = m.blocks[1].attn
+    attn.o = BlockSparseLinear.from_linear(nn.Linear(32, 32), density=1.0, block_size=16)
+    with pytest.raises(RuntimeError, match="temperature"):
+        m(torch.ones(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        to_block_sparse(m)
