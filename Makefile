@@ -35,7 +35,7 @@ build/.installed-system: $(SOURCES)
 	touch $@
 
 # the main job, short version (under 3 minutes on 2 cores): `morpho compare --quick`;
-# the full table of the README: OMP_NUM_THREADS=1 $(PY) -m morphonet.cli compare  (writes results/compare/, ~33 min)
+# the full table of the README: OMP_NUM_THREADS=1 $(PY) -m morphonet.cli compare  (writes results/compare/, ~43 min)
 demo: setup
 	$(PY) -m morphonet.cli compare --quick --out build/compare-quick
 

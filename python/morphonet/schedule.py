@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
+import numpy as np
 import torch
 
 from .config import DISTRIBUTIONS, MorphoConfig
@@ -110,71 +112,190 @@ def layer_budgets(model: MorphoModel, target: float, distribution: str) -> list[
     return base
 
 
+def max_reachable_sparsity(model: MorphoModel) -> float:
+    """An upper bound on the sparsity `enforce_sparsity` can reach from the model's current
+    state: every masked layer keeps at least one live unit, at best its smallest (pruning
+    never grows back). With block masks of layers only a few blocks across, this can be far
+    below 1 (a layer smaller than one block cannot be pruned at all)."""
+    keep = 0.0
+    for layer in model.masked_layers():
+        live = ~layer.pruned_units()
+        if live.any():
+            keep += float(layer.unit_sizes().to(live.device)[live].min())
+    return 1.0 - keep / model.n_connections()
+
+
 def _largest_unit(layer) -> int:
     """Connections in the layer's largest live mask unit (0 when none is live)."""
     live = ~layer.pruned_units()
     return int(round(float(layer.unit_sizes().to(live.device)[live].max()))) if live.any() else 0
 
 
-def _closest_prefix(cum: torch.Tensor, need: float) -> int:
-    """Length (possibly 0) of the prefix whose cumulative size is closest to ``need``: the
-    smallest one reaching it, or one less when that lands closer."""
-    k = min(int(torch.searchsorted(cum, torch.tensor(float(need), dtype=cum.dtype))) + 1,
-            cum.numel())
-    below = float(cum[k - 2]) if k > 1 else 0.0
-    if k > 0 and abs(below - need) < abs(float(cum[k - 1]) - need):
-        k -= 1
-    return k
+def _closest_fill(sizes: torch.Tensor, need: float) -> torch.Tensor:
+    """Which units of a ranking (``sizes`` in rank order, lowest score first) to prune so
+    that their total size is close to ``need``: the longest prefix that fits, then, walking
+    on down the ranking, every further unit that still fits (a smaller unit after a big one
+    that did not), then the one skipped unit that lands closest, if that is closer than
+    stopping short. With equal sizes this is the prefix closest to ``need``; with mixed sizes
+    (edge blocks, neurons of different fan-in, a head of single connections) it lands within
+    half the smallest unit skipped, where a prefix could miss by half the largest. Returns a
+    bool tensor over the ranking."""
+    n = sizes.numel()
+    take = torch.zeros(n, dtype=torch.bool)
+    if n == 0 or need <= 0:
+        return take
+    cum = torch.cumsum(sizes, 0)
+    k = int(torch.searchsorted(cum, torch.tensor(float(need), dtype=cum.dtype), right=True))
+    take[:k] = True
+    gap = float(need) - (float(cum[k - 1]) if k else 0.0)
+    rest = sizes[k:].tolist()
+    if rest:
+        suffix_min = torch.flip(torch.cummin(torch.flip(sizes[k:], (0,)), 0).values,
+                                (0,)).tolist()
+        for i, z in enumerate(rest):
+            if gap < suffix_min[i]:  # nothing further down fits
+                break
+            if z <= gap:
+                take[k + i] = True
+                gap -= z
+        skipped = ~take
+        skipped[:k] = False
+        if gap > 0 and bool(skipped.any()):
+            miss = torch.where(skipped, (sizes - gap).abs(), torch.tensor(float("inf"),
+                                                                         dtype=sizes.dtype))
+            j = int(torch.argmin(miss))  # the first (lowest-ranked) of equally close ones
+            if float(miss[j]) < gap:
+                take[j] = True
+                gap -= float(sizes[j])
+    if abs(gap) > 0.5 * float(sizes.min()) and sizes.unique().numel() > 1:
+        exact = _fill_by_size(sizes, need)
+        if exact is not None:
+            return exact
+    return take
+
+
+_DP_BUDGET = 20_000_000  # cells × choices the size search may visit (~0.1 s); else greedy
+
+
+def _fill_by_size(sizes: torch.Tensor, need: float) -> Optional[torch.Tensor]:
+    """`_closest_fill` for mixed sizes when its greedy pass misses by more than half the
+    smallest unit: a dynamic programme over the distinct sizes (within each size the
+    lowest-ranked units go first, so the ranking is honoured per size) for the total
+    closest to ``need``; among totals within half the smallest unit of it, the one whose
+    units rank lowest overall (sum of rank positions). Size-1 units (a head's single
+    connections) fill any remaining gap exactly. None when the programme would be too big
+    (`_DP_BUDGET`); the greedy result stands then."""
+    z = sizes.round().long().tolist()
+    by_size: dict[int, list[int]] = {}
+    for i, v in enumerate(z):
+        by_size.setdefault(v, []).append(i)
+    ones = by_size.pop(1, [])
+    classes = sorted(by_size)
+    if not classes:
+        return None
+    g = math.gcd(*classes)
+    cap = int(math.floor(need)) + max(classes)
+    n_cells = cap // g + 1
+    if n_cells * sum(len(by_size[c]) + 1 for c in classes) > _DP_BUDGET:
+        return None
+    inf = float("inf")
+    cost = np.full(n_cells, inf)
+    cost[0] = 0.0
+    choice = []
+    for c in classes:
+        idx = by_size[c]
+        rank_cost = np.concatenate([[0.0], np.cumsum(idx, dtype=np.float64)])
+        step = c // g
+        best = cost.copy()
+        pick = np.zeros(n_cells, dtype=np.int64)
+        for j in range(1, len(idx) + 1):
+            shift = j * step
+            if shift >= n_cells:
+                break
+            cand = np.full(n_cells, inf)
+            cand[shift:] = cost[:n_cells - shift] + rank_cost[j]
+            better = cand < best
+            best[better] = cand[better]
+            pick[better] = j
+        cost = best
+        choice.append(pick)
+    totals = np.arange(n_cells, dtype=np.float64) * g
+    filled = totals + np.clip(need - totals, 0, len(ones))
+    miss = np.where(np.isfinite(cost), np.abs(filled - need), inf)
+    tol = 0.5 * min(classes[0], 1 if ones else classes[0])
+    good = miss <= max(tol, float(miss.min()))
+    cell = int(np.argmin(np.where(good, cost, inf)))
+    take = torch.zeros(len(z), dtype=torch.bool)
+    rest = cell
+    for c, pick in zip(reversed(classes), reversed(choice)):
+        j = int(pick[rest])
+        take[by_size[c][:j]] = True
+        rest -= j * (c // g)
+    f = int(round(filled[cell] - totals[cell]))
+    take[ones[:f]] = True
+    return take
 
 
 @torch.no_grad()
 def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
-                     distribution: str = "global") -> int:
+                     distribution: str = "global", final: Optional[float] = None) -> int:
     """Hard-prune the live mask units with the smallest score (`unit_scores`: the mask value
-    σ(M/T), or the saliency) until the fraction of pruned connections is as close to
-    ``target`` as whole units allow. Each layer keeps at least its best unit. Returns the
-    number of connections pruned by this call.
+    σ(M/T), or the saliency) until the fraction of pruned connections is as close to ``target``
+    as whole units allow. Each layer keeps at least its best unit. Returns the number of
+    connections pruned by this call.
 
-    ``distribution`` "global" ranks all units of all layers together (within half a unit of
-    the target; a Transformer unit straddling a pruned head counts at its full size, so
-    there a call can stop short and the next calls close the gap). "uniform" and "erk"
-    first give each layer its share of the live connections (`layer_budgets`), then prune
-    each layer by its own ranking; what unit rounding leaves over or under carries to the
-    next layer, as far as that layer can take it within half of its own largest unit (so no
-    layer, a classifier head of single connections least of all, pays for the coarse
-    layers before it). Exact for element masks; with block or neuron masks off by about a
-    unit, or more when the layers' bounds (nothing grows back, every layer keeps a unit)
-    make the target unreachable. A unit covering s connections counts s. Progressive:
-    called after every epoch with the schedule's current target, so structure commits
-    gradually.
+    ``distribution`` "global" ranks all units of all layers together (within half a unit of the
+    target, see `_closest_fill`; a Transformer unit straddling a pruned head counts at its full
+    size, so there a call can stop short and the next calls close the gap). "uniform" and "erk"
+    first give each layer its share of the live connections (`layer_budgets`), then prune each
+    layer by its own ranking; what unit rounding leaves over or under carries to the next layer,
+    as far as that layer can take it within half of its own largest unit (so no layer, a
+    classifier head of single connections least of all, pays for the coarse layers before it).
+    Exact for element masks; with block or neuron masks off by about a unit, or more when the
+    layers' bounds (nothing grows back, every layer keeps a unit) make the target unreachable
+    (`max_reachable_sparsity`). A unit covering s connections counts s. Progressive: called
+    after every epoch with the schedule's current target, so structure commits gradually.
+    ``final`` (the schedule's last target, ≥ ``target``): units are then pruned only from a
+    selection that lands on ``final`` (planned with the current scores), so that with coarse
+    units the early, small steps do not prune a mix of sizes from which the final target can no
+    longer be reached (pruning never grows back).
     """
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target must be in [0, 1), got {target!r}")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if final is not None and not target <= final < 1.0:
+        raise ValueError(f"final must be in [target, 1), got {final!r} with target {target!r}")
     layers = model.masked_layers()
     total = model.n_connections()
-    need = int(math.floor(target * total + 1e-9)) - (total - model.n_live())
+    dead = total - model.n_live()
+    need = int(math.floor(target * total + 1e-9)) - dead
     if need <= 0:
         return 0
     if distribution != "global":
         # each layer to its budget, plus what rounding left over, up to half its own unit
+        budgets = layer_budgets(model, target, distribution)
+        finals = (layer_budgets(model, final, distribution) if final is not None
+                  else [None] * len(layers))
         carry = pruned = 0
-        for layer, keep in zip(layers, layer_budgets(model, target, distribution)):
+        for layer, keep, keep_final in zip(layers, budgets, finals):
             live = model.layer_live(layer)
             half = _largest_unit(layer) // 2
-            _prune_ranked([layer], live - keep + max(-half, min(half, carry)), by)
+            _prune_ranked([layer], live - keep + max(-half, min(half, carry)), by,
+                          None if keep_final is None else live - keep_final)
             now = live - model.layer_live(layer)
             carry += (live - keep) - now
             pruned += now
         return pruned
-    return _prune_ranked(layers, need, by)
+    plan = None if final is None else int(math.floor(final * total + 1e-9)) - dead
+    return _prune_ranked(layers, need, by, plan)
 
 
-def _prune_ranked(layers: list, need: float, by: str) -> int:
+def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = None) -> int:
     """Rank the live units of ``layers`` together by score (`unit_scores`), never a layer's
-    best one, and hard-prune the lowest-ranked prefix whose size is closest to ``need``
-    connections (`_closest_prefix`). Returns the connections pruned."""
+    best one, and hard-prune the lowest-ranked units whose total size is closest to ``need``
+    connections (`_closest_fill`); with ``plan`` (> need), only from among the units
+    `_closest_fill` would choose for ``plan`` connections. Returns the connections pruned."""
     if need <= 0:
         return 0
     scores, sizes, owner, index = [], [], [], []
@@ -192,7 +313,9 @@ def _prune_ranked(layers: list, need: float, by: str) -> int:
     if not s.numel():
         return 0
     order = torch.argsort(s, stable=True)
-    chosen = order[:_closest_prefix(torch.cumsum(z[order], 0), need)]
+    if plan is not None and plan > need:
+        order = order[_closest_fill(z[order], plan)]  # still in rank order
+    chosen = order[_closest_fill(z[order], need)]
     pruned = 0
     for li, layer in enumerate(layers):
         sel = ix[chosen[o[chosen] == li]]

@@ -12,7 +12,9 @@ weights of that best validation epoch.
 from __future__ import annotations
 
 import copy
+import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -22,10 +24,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import MorphoConfig
-from .models import MorphoModel
-from .schedule import enforce_sparsity, penalty_scale_at, target_sparsity_at, temperature_at
+from .models import MorphoModel, MorphoNetCNN, MorphoNetMLP
+from .schedule import (
+    enforce_sparsity,
+    max_reachable_sparsity,
+    penalty_scale_at,
+    target_sparsity_at,
+    temperature_at,
+)
+from .transformer import MorphoNetTransformer
 
 IGNORE_INDEX = -100
+_TOLERANCE = 0.02  # how far from target_sparsity the final sparsity may land (the issue's ±2)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -48,8 +58,14 @@ def _as_tensor(a: Any, name: str) -> Tensor:
 
 def check_data(model: MorphoModel, x: Any, y: Any, name: str = "train") -> tuple[Tensor, Tensor]:
     """Validate one split before any training: non-empty, same length, finite features,
-    integer labels in range. Returns (x, y) as tensors (x float32, or int64 token ids for a
-    transformer; y int64)."""
+    integer labels in range and of the right shape (classification: 1-D class indices; a
+    language model: one target per token, ``y.shape == x.shape``); for a transformer, integer
+    token ids in ``[0, vocab_size)`` and sequences no longer than ``max_seq_len``. What is
+    checked is decided by the model itself (its class and its own config), never by a
+    trainer's config. Returns (x, y) as tensors (x float32, or int64 token ids for a
+    transformer; y int64). The feature shape is checked against an MLP's ``input_dim`` and a
+    CNN's ``input_shape`` here; anything else the model cannot take is caught by
+    `probe_data` before the first training step."""
     xs, ys = f"X_{name}", f"y_{name}"
     x, y = _as_tensor(x, xs), _as_tensor(y, ys)
     if x.dim() == 0 or x.shape[0] == 0:
@@ -57,27 +73,108 @@ def check_data(model: MorphoModel, x: Any, y: Any, name: str = "train") -> tuple
     if y.dim() == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{xs} has {x.shape[0]} rows but {ys} has "
                          f"{y.shape[0] if y.dim() else 'no'} labels")
+    if y.is_complex():
+        raise ValueError(f"{ys} must hold integer class labels, got dtype {y.dtype}")
     if y.is_floating_point():
         if not torch.equal(y, y.round()):
             raise ValueError(f"{ys} must hold integer class labels")
     y = y.long()
-    cfg = model.config
-    if cfg.network_type == "transformer":
-        if x.is_floating_point():
-            raise ValueError(f"{xs} must hold integer token ids for a transformer")
+    cfg = model.config  # the model's own config: what its forward uses
+    lm = False
+    if isinstance(model, MorphoNetTransformer):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{xs} must hold integer token ids for a transformer, got dtype "
+                             f"{x.dtype}")
+        if x.dim() != 2 or x.shape[1] < 1:
+            raise ValueError(f"{xs} must have shape (batch, seq_len) with seq_len >= 1 for a "
+                             f"transformer, got {tuple(x.shape)}")
         x = x.long()
-        n_out = model.vocab_size if cfg.task == "lm" else cfg.n_classes
+        if x.shape[1] > cfg.max_seq_len:
+            raise ValueError(f"{xs} has sequences of length {x.shape[1]} but the model's "
+                             f"max_seq_len is {cfg.max_seq_len}")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= model.vocab_size:
+            raise ValueError(f"{xs} has token ids in [{lo}, {hi}] but the model's vocab_size is "
+                             f"{model.vocab_size} (ids must be in [0, {model.vocab_size - 1}])")
+        lm = cfg.task == "lm"
+        n_out = model.vocab_size if lm else cfg.n_classes
     else:
+        if x.is_complex():
+            raise ValueError(f"{xs} must hold real features, got dtype {x.dtype}")
+        if not _input_shape_fits(model, x):
+            raise ValueError(f"{xs} must have {_expected_input(model)}, got shape "
+                             f"{tuple(x.shape)}")
         x = x.float()
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{xs} contains {bad} NaN or infinite values")
         n_out = cfg.n_classes
+    if lm:
+        if tuple(y.shape) != tuple(x.shape):
+            raise ValueError(f"{ys} must have {xs}'s shape {tuple(x.shape)} for a language "
+                             f"model (one target token per position, {IGNORE_INDEX} where "
+                             f"ignored), got {tuple(y.shape)}")
+    elif y.dim() != 1:
+        hint = (f"; pass class indices, not one-hot (e.g. {ys}.argmax(1))"
+                if y.dim() == 2 else "")
+        raise ValueError(f"{ys} must be 1-D class indices of shape ({x.shape[0]},), got shape "
+                         f"{tuple(y.shape)}{hint}")
     labels = y[y != IGNORE_INDEX]
     if labels.numel() and (labels.min() < 0 or labels.max() >= n_out):
         raise ValueError(f"{ys} has labels in [{int(labels.min())}, {int(labels.max())}] but "
                          f"the model has {n_out} classes (labels must be in [0, {n_out - 1}])")
     return x, y
+
+
+def _expected_input(model: MorphoModel) -> str:
+    """What one batch of ``model``'s input looks like, in words (for error messages)."""
+    if isinstance(model, MorphoNetTransformer):
+        return (f"integer token ids of shape (batch, seq_len <= {model.config.max_seq_len}) "
+                f"in [0, {model.vocab_size})")
+    if isinstance(model, MorphoNetCNN):
+        shape = model.input_shape
+        return (f"shape (batch, {', '.join(map(str, shape))}) or flattened rows "
+                f"(batch, {math.prod(shape)})")
+    if isinstance(model, MorphoNetMLP):
+        return f"shape (batch, {model.config.input_dim})"
+    return "the model's input"
+
+
+def _input_shape_fits(model: MorphoModel, x: Tensor) -> bool:
+    """False when ``x``'s shape certainly does not fit an MLP's ``input_dim`` or a CNN's
+    ``input_shape`` (per-row size); True otherwise (other models: left to `probe_data`)."""
+    if isinstance(model, MorphoNetMLP):
+        return x.dim() == 2 and x.shape[1] == model.config.input_dim
+    if isinstance(model, MorphoNetCNN):
+        return x.dim() >= 2 and x[0].numel() == math.prod(model.input_shape)
+    return True
+
+
+@torch.no_grad()
+def probe_data(model: MorphoModel, splits: list[tuple[str, Tensor, Tensor]],
+               device: torch.device, rows: int = 2) -> None:
+    """Run the first ``rows`` rows of every (name, x, y) split through ``model`` and its loss,
+    in eval mode under ``no_grad`` (no parameter, buffer or RNG state changes; the training
+    mode is restored), so a split the model cannot take is rejected before any training step
+    with a ``ValueError`` naming it (``X_<name>`` for the forward, ``y_<name>`` for the loss)."""
+    was = model.training
+    model.eval()
+    try:
+        for name, x, y in splits:
+            xb, yb = x[:rows].to(device), y[:rows].to(device)
+            try:
+                out = model(xb)
+            except (ValueError, RuntimeError, IndexError, TypeError) as e:
+                raise ValueError(f"X_{name} of shape {tuple(x.shape)} does not fit the model "
+                                 f"(expected {_expected_input(model)}): {e}") from e
+            try:
+                _loss_and_correct(out, yb)
+            except (ValueError, RuntimeError, IndexError, TypeError) as e:
+                raise ValueError(f"y_{name} of shape {tuple(y.shape)} does not match the "
+                                 f"model's output of shape (batch, "
+                                 f"{', '.join(map(str, out.shape[1:]))}): {e}") from e
+    finally:
+        model.train(was)
 
 
 def _loss_and_correct(out: Tensor, y: Tensor) -> tuple[Tensor, int, int]:
@@ -153,9 +250,21 @@ class MorphoTrainer:
             x, y, xv, yv = _hold_out(x, y, cfg.val_split, cfg.seed)
         else:
             xv = yv = None
+        reach = max_reachable_sparsity(model)
+        if cfg.target_sparsity - _TOLERANCE > reach:
+            raise ValueError(
+                f"target_sparsity={cfg.target_sparsity} cannot be reached on this model: every "
+                f"masked layer keeps at least one {cfg.mask_granularity} unit"
+                + (f" ({cfg.block_size}×{cfg.block_size} blocks)"
+                   if cfg.mask_granularity == "block" else "")
+                + f", so at most {reach:.1%} of its connections can be pruned; use smaller "
+                "units (a smaller block_size, element masks) or a lower target_sparsity")
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)
         model.to(self.device)
+        # every split through the model once, before the first step changes anything
+        probe_data(model, [("train", x, y)] + ([("val", xv, yv)] if xv is not None else []),
+                   self.device)
         gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else
                                             int(torch.randint(0, 2**31 - 1, ()).item()))
         hist: dict[str, list] = {k: [] for k in ("loss_history", "sparsity_history",
@@ -169,7 +278,8 @@ class MorphoTrainer:
             model.set_temperature(temp)
             loss = self._epoch(x, y, gen, penalty_scale_at(cfg, epoch))
             target = target_sparsity_at(cfg, epoch)
-            enforce_sparsity(model, target, cfg.prune_score, cfg.sparsity_distribution)
+            enforce_sparsity(model, target, cfg.prune_score, cfg.sparsity_distribution,
+                             final=max(target, cfg.target_sparsity))
             sparsity = model.sparsity()
             val_acc = evaluate(model, xv, yv)[1] if xv is not None else None
             rec = {"epoch": epoch, "loss": loss, "sparsity": sparsity, "temperature": temp,
@@ -190,12 +300,26 @@ class MorphoTrainer:
             model.load_state_dict(best["state"])
         total, effective = model.count_params()
         reached = [i for i, s in enumerate(hist["sparsity_history"])
-                   if s >= cfg.target_sparsity - 0.02]
+                   if s >= cfg.target_sparsity - _TOLERANCE]
+        final = model.sparsity()
+        if abs(final - cfg.target_sparsity) > _TOLERANCE + 1e-9:
+            largest = max(int(layer.unit_sizes().max()) for layer in model.masked_layers())
+            warnings.warn(
+                f"final sparsity {final:.3f} is {100 * (final - cfg.target_sparsity):+.1f} "
+                f"points from target_sparsity={cfg.target_sparsity} (tolerance ±2): the "
+                f"{cfg.mask_granularity} mask units (up to {largest} connections, "
+                f"{largest / model.n_connections():.1%} of the model) are too coarse for "
+                f"the '{cfg.sparsity_distribution}' distribution to land closer; use smaller "
+                "units or sparsity_distribution='global'", stacklevel=2)
+        if xv is not None and best["state"] is None:
+            warnings.warn("no epoch reached the target sparsity within 2 points, so no epoch "
+                          "was eligible for model selection: the model holds the last epoch's "
+                          "weights and best_val_acc is None", stacklevel=2)
         return {
             "train_time": train_time,
             "final_loss": hist["loss_history"][-1],
-            "final_sparsity": model.sparsity(),
-            "final_density": 1.0 - model.sparsity(),
+            "final_sparsity": final,
+            "final_density": 1.0 - final,
             "layer_density": [model.layer_live(layer) / layer.n_connections()
                               for layer in model.masked_layers()],
             "total_params": total,
@@ -211,8 +335,11 @@ class MorphoTrainer:
         model.train()
         perm = torch.randperm(x.shape[0], generator=gen)
         total, batches = 0.0, 0
-        for i in range(0, x.shape[0], cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+        starts = list(range(0, x.shape[0], cfg.batch_size))
+        if len(starts) > 1 and x.shape[0] - starts[-1] == 1:
+            starts.pop()  # a last batch of one row joins the one before (batchnorm needs 2)
+        for i, j in zip(starts, [*starts[1:], x.shape[0]]):
+            idx = perm[i:j]
             xb, yb = x[idx].to(self.device), y[idx].to(self.device)
             loss, _, _ = _loss_and_correct(model(xb), yb)
             full = loss + model.sparsity_penalty(pen_scale) if pen_scale > 0 else loss
@@ -230,7 +357,7 @@ class MorphoTrainer:
     def _select(self, best: dict, rec: dict, target: float) -> None:
         """Keep the state of the best validation epoch among those at the target sparsity
         (a model selected before the schedule finished would not be at the target)."""
-        if rec["val_acc"] is None or rec["sparsity"] < target - 0.02:
+        if rec["val_acc"] is None or rec["sparsity"] < target - _TOLERANCE:
             return
         if best["acc"] is None or rec["val_acc"] > best["acc"]:
             best["acc"], best["epoch"] = rec["val_acc"], rec["epoch"]
