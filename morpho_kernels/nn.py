@@ -380,6 +380,9 @@ def _regrow_group(group):
         return None
     if not initialised:
         raise RuntimeError("group= was given but torch.distributed is not initialised")
+    if dist.get_rank(group) < 0:
+        raise ValueError(f"this rank ({dist.get_rank()}) is not a member of the group given: "
+                         "call regrow with group= only on the group's ranks")
     return group if dist.get_world_size(group) > 1 else None
 
 

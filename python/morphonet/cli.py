@@ -45,7 +45,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.render:
         extra = [f"--{k.replace('_', '-')}" for k in ("quick", "no_tune", "seeds", "epochs",
                                                         "datasets")
-                 if getattr(args, k) not in (None, False)]
+                 if getattr(args, k) is not None and getattr(args, k) is not False]
         if extra:
             print(f"--render trains nothing and takes only --out; drop {' '.join(extra)}",
                   file=sys.stderr)

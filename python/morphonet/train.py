@@ -227,6 +227,8 @@ class MorphoTrainer:
                                             weight_decay=self.config.weight_decay)
         self.mask_opt = torch.optim.Adam(masks, lr=self.config.mask_lr)
         self._weights, self._masks = weights, masks
+        self._batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                              for m in model.modules())
 
     def train(self, X_train, y_train, X_val=None, y_val=None, verbose: bool = True,
               callback: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
@@ -252,11 +254,12 @@ class MorphoTrainer:
             xv = yv = None
         reach = max_reachable_sparsity(model)
         if cfg.target_sparsity - _TOLERANCE > reach:
+            mcfg = model.config  # the units are the model's
             raise ValueError(
                 f"target_sparsity={cfg.target_sparsity} cannot be reached on this model: every "
-                f"masked layer keeps at least one {cfg.mask_granularity} unit"
-                + (f" ({cfg.block_size}×{cfg.block_size} blocks)"
-                   if cfg.mask_granularity == "block" else "")
+                f"masked layer keeps at least one {mcfg.mask_granularity} unit"
+                + (f" ({mcfg.block_size}×{mcfg.block_size} blocks)"
+                   if mcfg.mask_granularity == "block" else "")
                 + f", so at most {reach:.1%} of its connections can be pruned; use smaller "
                 "units (a smaller block_size, element masks) or a lower target_sparsity")
         if cfg.seed is not None:
@@ -310,7 +313,8 @@ class MorphoTrainer:
                 f"{cfg.mask_granularity} mask units (up to {largest} connections, "
                 f"{largest / model.n_connections():.1%} of the model) are too coarse for "
                 f"the '{cfg.sparsity_distribution}' distribution to land closer; use smaller "
-                "units or sparsity_distribution='global'", stacklevel=2)
+                "units" + (" or sparsity_distribution='global'"
+                           if cfg.sparsity_distribution != "global" else ""), stacklevel=2)
         if xv is not None and best["state"] is None:
             warnings.warn("no epoch reached the target sparsity within 2 points, so no epoch "
                           "was eligible for model selection: the model holds the last epoch's "
@@ -336,7 +340,7 @@ class MorphoTrainer:
         perm = torch.randperm(x.shape[0], generator=gen)
         total, batches = 0.0, 0
         starts = list(range(0, x.shape[0], cfg.batch_size))
-        if len(starts) > 1 and x.shape[0] - starts[-1] == 1:
+        if len(starts) > 1 and x.shape[0] - starts[-1] == 1 and self._batchnorm:
             starts.pop()  # a last batch of one row joins the one before (batchnorm needs 2)
         for i, j in zip(starts, [*starts[1:], x.shape[0]]):
             idx = perm[i:j]

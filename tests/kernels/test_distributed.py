@@ -58,6 +58,13 @@ def _worker(rank, init_file, out_dir):
             out["auto_error"] = str(e)
         out["after_auto"] = _state(layer, opt)
 
+        sub = dist.new_group([0])  # (every rank takes part in creating a group)
+        try:  # rank 1 is not in it: refused; rank 0 alone: a rank-local regrow
+            copy.deepcopy(layer).regrow(DROP, scores, group=sub)
+            out["sub_error"] = None
+        except ValueError as e:
+            out["sub_error"] = str(e)
+
         local = copy.deepcopy(layer)
         local.regrow(DROP, scores, group=None)  # rank-local: no collective
         out["local"] = {"rows": local.rows.clone(), "cols": local.cols.clone()}
@@ -123,6 +130,11 @@ def test_default_refuses_under_distributed_and_changes_nothing(ranks):
     for r in ranks:
         assert r["auto_error"] is not None and "group=" in r["auto_error"]
         _assert_same(r["before"], r["after_auto"])
+
+
+def test_regrow_refuses_a_group_this_rank_is_not_in(ranks):
+    assert ranks[0]["sub_error"] is None
+    assert ranks[1]["sub_error"] is not None and "not a member" in ranks[1]["sub_error"]
 
 
 def test_group_checks_without_distributed():

@@ -22,6 +22,8 @@ def test_equal_sizes_take_the_closest_prefix():
     assert _fill([1] * 10, 3.6) == ([True] * 4 + [False] * 6, 4.0)
     assert _fill([4] * 5, 9.9) == ([True] * 2 + [False] * 3, 8.0)
     assert _fill([4] * 5, 10.1) == ([True] * 3 + [False] * 2, 12.0)
+    assert _fill([4, 4], 6) == ([True, True], 8.0)  # a tie: one more unit, as a prefix did
+    assert _fill([2, 2, 2], 3) == ([True, True, False], 4.0)
     assert _fill([3] * 4, 0) == ([False] * 4, 0.0)
     assert _fill([3] * 4, 100) == ([True] * 4, 12.0)
 
@@ -139,19 +141,38 @@ def test_trainer_rejects_an_unreachable_target_before_training():
 
 def test_trainer_warns_when_it_lands_outside_two_points():
     """Per-layer shares of coarse blocks cannot all round well: said, not silent."""
-    _, _, stats, warned = _train_blocks(32, sparsity_distribution="erk")
+    _, _, stats, warned = _train_blocks(32, sparsity_distribution="uniform")
     assert abs(stats["final_sparsity"] - 0.7) > 0.02
-    assert any("points from target_sparsity" in w for w in warned)
-    assert stats["best_epoch"] is None
+    assert any("points from target_sparsity" in w and "or sparsity_distribution='global'" in w
+               for w in warned)
+    _, _, stats, warned = _train_blocks(32, sparsity_distribution="erk")
+    assert abs(stats["final_sparsity"] - 0.7) <= 0.02 and not warned
+
+
+def test_trainer_warns_when_no_epoch_is_eligible_for_selection(monkeypatch):
+    """With the enforcement switched off the target is never reached: the model keeps the
+    last epoch, best_val_acc is None, and both warnings say so."""
+    import morphonet.train
+
+    monkeypatch.setattr(morphonet.train, "enforce_sparsity", lambda *a, **k: 0)
+    _, _, stats, warned = _train_blocks(32)
+    assert stats["best_epoch"] is None and stats["best_val_acc"] is None
     assert any("no epoch reached the target sparsity" in w for w in warned)
+    assert any("points from target_sparsity" in w and "or sparsity_distribution" not in w
+               for w in warned)
 
 
-def test_trainer_trains_batchnorm_with_a_last_batch_of_one_row():
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_trainer_last_batch_of_one_row(batchnorm):
+    """With batchnorm a last batch of one row joins the one before (a batch of one cannot be
+    normalised); without, batches stay as they were (3 steps an epoch here)."""
     from morphonet import MorphoTrainer
 
-    cfg = MorphoConfig(input_dim=6, hidden_dims=[8], n_classes=2, use_batchnorm=True,
+    cfg = MorphoConfig(input_dim=6, hidden_dims=[8], n_classes=2, use_batchnorm=batchnorm,
                        batch_size=10, epochs=2, seed=0)
-    stats = MorphoTrainer(MorphoNetMLP(cfg), cfg).train(torch.randn(21, 6),
-                                                        torch.randint(0, 2, (21,)),
-                                                        verbose=False)
+    trainer = MorphoTrainer(MorphoNetMLP(cfg), cfg)
+    steps = []
+    trainer.weight_opt.register_step_post_hook(lambda *a: steps.append(1))
+    stats = trainer.train(torch.randn(21, 6), torch.randint(0, 2, (21,)), verbose=False)
     assert len(stats["loss_history"]) == 2
+    assert len(steps) == (4 if batchnorm else 6)
