@@ -31,6 +31,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _once_ms(fn: Callable[[], object], device: str) -> float:
+    """One call of fn, in ms: CUDA events on GPU (fn's device time as queued), wall clock on
+    CPU."""
+    if device.startswith("cuda"):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: int = 200,
             budget_s: Optional[float] = None, warmup: int = 2) -> tuple[float, float, float]:
     """Median, 20th and 80th percentile of fn's wall time in ms (CUDA events on GPU).
@@ -47,17 +62,7 @@ def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: 
         return len(times) < min_reps or time.perf_counter() - start < budget_s
 
     while len(times) < max_reps and more():
-        if device.startswith("cuda"):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(_once_ms(fn, device))
     q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
     return statistics.median(times), q[1], q[7]
 
@@ -78,17 +83,7 @@ def time_pair_ms(fa: Callable[[], object], fb: Callable[[], object], device: str
     start = time.perf_counter()
     while len(times[0]) < min_reps or time.perf_counter() - start < budget_s:
         for fn, out in ((fa, times[0]), (fb, times[1])):
-            if device.startswith("cuda"):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                out.append(a.elapsed_time(b))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t0) * 1e3)
+            out.append(_once_ms(fn, device))
         if len(times[0]) >= 2000:
             break
     return statistics.median(times[0]), statistics.median(times[1])
