@@ -63,9 +63,20 @@ static bool has_cuda() {
 #endif
 }
 
+static bool has_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "morpho C++/CUDA kernels; the ops are registered under torch.ops.morpho";
   m.def("torch_version", []() { return std::string(MORPHO_TORCH_VERSION); },
         "torch version this extension was compiled against");
   m.def("has_cuda", &has_cuda, "whether the CUDA kernels were compiled in");
+  m.def("has_openmp", &has_openmp,
+        "whether the CPU kernels were compiled with OpenMP (at::parallel_for runs on "
+        "torch.get_num_threads() threads; without it, on one)");
 }

@@ -21,12 +21,18 @@ _BUILD_INFO = os.path.join(os.path.dirname(__file__), "_build_info.json")
 
 @dataclass(frozen=True)
 class ExtStatus:
-    """Outcome of loading the extension: `module` is None when `reason` says why."""
+    """Outcome of loading the extension: `module` is None when `reason` says why.
+
+    `openmp` says whether its CPU kernels were compiled with OpenMP, i.e. run on
+    ``torch.get_num_threads()`` threads; a build without it (before 2026-11-23, or a compiler
+    without OpenMP) runs every CPU kernel on one thread.
+    """
 
     module: Any
     reason: Optional[str]
     built_for_torch: Optional[str]
     with_cuda: bool
+    openmp: bool = False
 
     @property
     def loaded(self) -> bool:
@@ -75,7 +81,8 @@ def _load() -> ExtStatus:
             False,
         )
     _register_fakes()
-    return ExtStatus(mod, None, found, bool(mod.has_cuda()))
+    openmp = bool(mod.has_openmp()) if hasattr(mod, "has_openmp") else False
+    return ExtStatus(mod, None, found, bool(mod.has_cuda()), openmp)
 
 
 def _register_fakes() -> None:

@@ -60,6 +60,10 @@ def _versions() -> list[str]:
     ext = "loaded" if st.loaded else f"not loaded: {st.reason}"
     if st.loaded:
         ext += f" (built for torch {st.built_for_torch}, CUDA kernels: {st.with_cuda})"
+        pad = "\n           "
+        ext += (f"{pad}CPU kernels on {torch.get_num_threads()} threads (OpenMP)" if st.openmp
+                else f"{pad}CPU kernels on ONE thread: built without OpenMP, rebuild with "
+                "`pip install --no-build-isolation --no-deps -e .`")
     return [
         f"python     {sys.version.split()[0]}",
         f"torch      {torch.__version__} (CUDA {torch.version.cuda})",

@@ -1,9 +1,12 @@
 // CPU kernels of block_sparse_linear: register-blocked micro-kernels over live blocks only.
 //
-// bs_dsd: each task owns one output block (B columns of C) and a range of rows; a TM × B
-// accumulator (256 floats: 16 AVX-512 registers) sums A-row × vmat-block products over the
-// block's slots, reading A in place (no gather copies). bs_sdd: each task owns slots; a TI × B
-// accumulator sums dYᵀ-column × X-row products over all tokens. fp32 bodies are compiled for
+// bs_dsd: each task owns one output block (B columns of C) and a range of rows; a TM × NB
+// accumulator (256 floats: 16 AVX-512 registers; NB = B, or panels of 32 columns for B = 128)
+// sums A-row × vmat-block products over the block's slots, reading A in place (no gather
+// copies). Tasks run row-range-major, so a thread's rows of A stay in its L2 across the output
+// blocks. bs_sdd: each task owns slots; a TI × NB accumulator sums dYᵀ-column × X-row products
+// over all tokens. Threads: at::parallel_for, which needs the extension compiled with -fopenmp
+// (setup.py); without it every loop here runs on one thread. fp32 bodies are compiled for
 // AVX-512, AVX2 and baseline x86-64 (function multi-versioning, as in masked_weight.cpp);
 // double runs the same template without clones. fp16/bf16 are upcast by the Python caller.
 #include <ATen/Parallel.h>
@@ -43,19 +46,19 @@ struct DsdArgs {
   int64_t ldc;
 };
 
-// C[m0 : m0+TM, pb·B : +B] for one output block.
-template <typename T, int B, int TM>
-MORPHO_INLINE void dsd_tile(const DsdArgs& p, int64_t pb, int64_t m0) {
+// C[m0 : m0+TM, pb·B + o0 : +NB]: one panel of NB output columns of output block pb.
+template <typename T, int B, int NB, int TM>
+MORPHO_INLINE void dsd_tile(const DsdArgs& p, int64_t pb, int64_t m0, int o0) {
   const T* a = static_cast<const T*>(p.a);
   const T* vmat = static_cast<const T*>(p.vmat);
-  T acc[TM][B];
+  T acc[TM][NB];
   const T* bias = static_cast<const T*>(p.bias);
   for (int t = 0; t < TM; ++t)
-    for (int o = 0; o < B; ++o) acc[t][o] = bias ? bias[pb * B + o] : T(0);
+    for (int o = 0; o < NB; ++o) acc[t][o] = bias ? bias[pb * B + o0 + o] : T(0);
   const int32_t start = p.ptr[pb], end = p.ptr[pb + 1];
   for (int32_t j = start; j < end; ++j) {
     const int64_t s = p.order[j];
-    const T* v = vmat + s * B * B;
+    const T* v = vmat + s * B * B + o0;
     const T* ap = a + m0 * p.lda + static_cast<int64_t>(p.idx[s]) * B;
     for (int r = 0; r < B; ++r) {
       const T* vr = v + r * B;
@@ -63,22 +66,32 @@ MORPHO_INLINE void dsd_tile(const DsdArgs& p, int64_t pb, int64_t m0) {
       for (int t = 0; t < TM; ++t) {
         const T av = ap[t * p.lda + r];
 #pragma omp simd
-        for (int o = 0; o < B; ++o) acc[t][o] += av * vr[o];
+        for (int o = 0; o < NB; ++o) acc[t][o] += av * vr[o];
       }
     }
   }
-  T* c = static_cast<T*>(p.c) + m0 * p.ldc + pb * B;
+  T* c = static_cast<T*>(p.c) + m0 * p.ldc + pb * B + o0;
   for (int t = 0; t < TM; ++t)
-    for (int o = 0; o < B; ++o) c[t * p.ldc + o] = acc[t][o];
+    for (int o = 0; o < NB; ++o) c[t * p.ldc + o] = acc[t][o];
 }
 
-// Rows [m_begin, m_end) of output block pb: full tiles, then single rows.
+// Output columns per panel: whole blocks up to 64; 128-blocks in panels of 32, so that the
+// panel of vmat a tile streams (B × NB) stays in L1 across the row tiles.
+template <int B>
+constexpr int panel_cols() {
+  return B > 64 ? 32 : B;
+}
+
+// Rows [m_begin, m_end) of output block pb: per panel, full tiles, then single rows.
 template <typename T, int B>
 MORPHO_INLINE void dsd_rows(const DsdArgs& p, int64_t pb, int64_t m_begin, int64_t m_end) {
-  constexpr int TM = tile_rows<B>();
-  int64_t m = m_begin;
-  for (; m + TM <= m_end; m += TM) dsd_tile<T, B, TM>(p, pb, m);
-  for (; m < m_end; ++m) dsd_tile<T, B, 1>(p, pb, m);
+  constexpr int NB = panel_cols<B>();
+  constexpr int TM = tile_rows<NB>();
+  for (int o0 = 0; o0 < B; o0 += NB) {
+    int64_t m = m_begin;
+    for (; m + TM <= m_end; m += TM) dsd_tile<T, B, NB, TM>(p, pb, m, o0);
+    for (; m < m_end; ++m) dsd_tile<T, B, NB, 1>(p, pb, m, o0);
+  }
 }
 
 struct SddArgs {
@@ -92,12 +105,12 @@ struct SddArgs {
   int64_t m;
 };
 
-// dV[s][i0 : i0+TI][:] = Σ_m dY[m, r·B + i] X[m, c·B + :]
-template <typename T, int B, int TI>
-MORPHO_INLINE void sdd_tile(const SddArgs& p, int64_t s, int i0) {
+// dV[s][i0 : i0+TI][j0 : j0+NB] = Σ_m dY[m, r·B + i] X[m, c·B + j]
+template <typename T, int B, int TI, int NB>
+MORPHO_INLINE void sdd_tile(const SddArgs& p, int64_t s, int i0, int j0) {
   const T* dy = static_cast<const T*>(p.dy) + static_cast<int64_t>(p.rows[s]) * B + i0;
-  const T* x = static_cast<const T*>(p.x) + static_cast<int64_t>(p.cols[s]) * B;
-  T acc[TI][B] = {};
+  const T* x = static_cast<const T*>(p.x) + static_cast<int64_t>(p.cols[s]) * B + j0;
+  T acc[TI][NB] = {};
   for (int64_t m = 0; m < p.m; ++m) {
     const T* dym = dy + m * p.lddy;
     const T* xm = x + m * p.ldx;
@@ -105,19 +118,21 @@ MORPHO_INLINE void sdd_tile(const SddArgs& p, int64_t s, int i0) {
     for (int t = 0; t < TI; ++t) {
       const T d = dym[t];
 #pragma omp simd
-      for (int j = 0; j < B; ++j) acc[t][j] += d * xm[j];
+      for (int j = 0; j < NB; ++j) acc[t][j] += d * xm[j];
     }
   }
-  T* out = static_cast<T*>(p.dv) + s * B * B + static_cast<int64_t>(i0) * B;
+  T* out = static_cast<T*>(p.dv) + s * B * B + static_cast<int64_t>(i0) * B + j0;
   for (int t = 0; t < TI; ++t)
-    for (int j = 0; j < B; ++j) out[t * B + j] = acc[t][j];
+    for (int j = 0; j < NB; ++j) out[t * B + j] = acc[t][j];
 }
 
 template <typename T, int B>
 MORPHO_INLINE void sdd_slots(const SddArgs& p, int64_t s_begin, int64_t s_end) {
-  constexpr int TI = tile_rows<B>() < B ? tile_rows<B>() : B;
+  constexpr int NB = panel_cols<B>();
+  constexpr int TI = tile_rows<NB>() < B ? tile_rows<NB>() : B;
   for (int64_t s = s_begin; s < s_end; ++s)
-    for (int i0 = 0; i0 < B; i0 += TI) sdd_tile<T, B, TI>(p, s, i0);
+    for (int j0 = 0; j0 < B; j0 += NB)
+      for (int i0 = 0; i0 < B; i0 += TI) sdd_tile<T, B, TI, NB>(p, s, i0, j0);
 }
 
 // fp32 entry points, one per block size, each multi-versioned for the host CPU.
@@ -226,7 +241,7 @@ at::Tensor bs_dsd_cpu(const at::Tensor& a, const at::Tensor& vmat, const at::Ten
               bias.has_value() ? bc.data_ptr<T>() : nullptr, c.data_ptr<T>(), c.stride(0)};
     at::parallel_for(0, n_out_blocks * n_chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t pb = task / n_chunks, m0 = (task % n_chunks) * chunk;
+        const int64_t pb = task % n_out_blocks, m0 = (task / n_out_blocks) * chunk;
         dsd_dispatch<T>(block, p, pb, m0, std::min(m, m0 + chunk));
       }
     });

@@ -222,6 +222,22 @@ def test_single_token_and_all_dead_rows(backend_name, backend):
     check_backend(backend_name, (1,), (2, 2), 16, 0.0, torch.float32, backend, full_row=1)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("block", BLOCKS)
+def test_ext_full_tiles_row_chunks_and_threads(block, threads, backend):
+    # 133 tokens: full register tiles of every block size, three row chunks (64 rows each, the
+    # last ragged), single-row tails; 3 threads split the tasks unevenly (1 thread: in order),
+    # so a race or a wrong task split shows as a mismatch in y, dx or dvalues.
+    _skip_unavailable("ext")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_backend("ext", (133,), (5, 3), block, 0.6, torch.float32, backend, empty_row=1,
+                      full_row=3)
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("walk", [{"GROUP_M": 0}, {"GROUP_M": 1}, {"GROUP_M": 8},
                                   {"BY_ROW": 0, "SPLIT_M": 1}, {"BY_ROW": 1, "SPLIT_M": 1},

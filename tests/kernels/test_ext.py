@@ -57,6 +57,13 @@ def test_ext_opcheck():
                           (torch.randn(6, 7), w, m, t))
 
 
+@needs_ext
+def test_cpu_kernels_are_compiled_with_openmp():
+    # at::parallel_for's `#pragma omp parallel` is compiled into the extension; a build without
+    # -fopenmp silently ran every CPU kernel on one thread (as every build did before 2026-11-23).
+    assert _ext.status().openmp, "extension built without OpenMP: CPU kernels run on one thread"
+
+
 def test_mismatched_build_is_reported_not_loaded(monkeypatch):
     monkeypatch.setattr(_ext, "_read_build_info", lambda: {"torch": "1.0.0+fake"})
     st = _ext._load()

@@ -16,6 +16,12 @@ def test_info_report_lists_ops_backends_and_reasons():
     assert "cpu/float32: uses" in out
     if not torch.cuda.is_available():
         assert "no CUDA device here" in out
+    from morpho_kernels import _ext
+
+    if _ext.status().loaded:  # how many threads the CPU kernels get is part of the report
+        assert ("CPU kernels on ONE thread" in out) != _ext.status().openmp
+        assert f"CPU kernels on {torch.get_num_threads()} threads (OpenMP)" in out or \
+            not _ext.status().openmp
 
 
 def test_import_works_without_extension():
