@@ -84,9 +84,17 @@ def test_grow_parser_registers_subcommand():
         add_grow_parser(parser)
 
 
-def test_small_growth_run_on_digits_grows_and_learns(tmp_path):
-    torch.manual_seed(0)
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, the previous count given back after it."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_small_growth_run_on_digits_grows_and_learns(tmp_path, one_thread):
+    torch.manual_seed(0)
     ds = load_dataset("digits", 0)
     model = create_multi_scale_network(
         64, [48, 24], 10, sparsity=5e-4, seed=0, snapshot_dir=str(tmp_path),
@@ -110,3 +118,22 @@ def test_small_growth_run_on_digits_grows_and_learns(tmp_path):
     assert end["skip_connections"] > 0
     assert recs[-1]["val_acc"] > 0.5 and model.snapshots.index  # learned; snapshots saved
     assert all(r["snapshot"] is None or isinstance(r["snapshot"], int) for r in recs)
+
+
+def test_grow_experiment_gives_the_callers_thread_count_back(tmp_path):
+    from morphonet.structure.experiment import METHODS, GrowExperimentConfig, run_grow_experiment
+
+    threads = torch.get_num_threads()
+    other = 3 if threads != 3 else 2
+    torch.set_num_threads(other)
+    try:
+        cfg = GrowExperimentConfig(datasets=("digits",), seeds=1, epochs={"digits": 1},
+                                   hidden=(8,), methods=METHODS[:1], out_dir=str(tmp_path))
+        res = run_grow_experiment(cfg, progress=False, log=None)
+        assert len(res["runs"]) == 1 and torch.get_num_threads() == other
+        with pytest.raises(ValueError, match="no-such-dataset"):  # a failure gives them back too
+            run_grow_experiment(GrowExperimentConfig(datasets=("no-such-dataset",), seeds=1,
+                                                     out_dir=str(tmp_path)), False, None)
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(threads)

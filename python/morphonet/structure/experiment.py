@@ -190,8 +190,20 @@ def _warm_up() -> None:
 def run_grow_experiment(cfg: GrowExperimentConfig, progress: bool = True,
                         log: Optional[Callable[[str], None]] = print) -> dict:
     """Run every dataset × seed × method, write ``results.json``, ``table.md`` and
-    ``timeline.png`` under ``cfg.out_dir``; returns the results dict."""
+    ``timeline.png`` under ``cfg.out_dir``; returns the results dict.
+
+    Runs on one torch thread (the timings it records are per-thread figures) and gives the
+    caller's thread count back afterwards."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _run_grow_experiment(cfg, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
+                         log: Optional[Callable[[str], None]]) -> dict:
     _warm_up()
     os.makedirs(cfg.out_dir, exist_ok=True)
     runs = []
