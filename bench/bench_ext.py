@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Recorder, peak_mem_mb, time_ms  # noqa: E402
 
 from morpho_kernels import reference_graph  # noqa: E402
-from morpho_kernels._nn_sparse import SparseLinear  # noqa: E402
+from morpho_kernels.nn import SparseLinear  # noqa: E402
 from morpho_kernels.ops import edges as edges_ops  # noqa: E402
 from morpho_kernels.ops import extrema as extrema_ops  # noqa: E402
 from morpho_kernels.ops import sparse_linear as sl_ops  # noqa: E402

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext, reference
+from ..checks import check_real
 from .._dispatch import Backend, CallSpec, Dispatcher, check_ext, check_reference, check_triton
 
 # Largest token count served by the fused Triton kernels (sigmoid-prologue GEMM forward and dX,
@@ -250,13 +251,8 @@ def _validate_dtypes(x, weight, mask_logits, bias) -> None:
 
 
 def check_temperature(temperature) -> float:
-    """A Python temperature as float, or TypeError / ValueError naming it."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError("temperature must be a float or a Tensor, got "
-                        f"{type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    return float(temperature)
+    """A Python temperature as float, or a ValueError naming it."""
+    return check_real("temperature", temperature, 0, lo_open=True)
 
 
 def _temperature_tensor(temperature, x: Tensor) -> Tensor:

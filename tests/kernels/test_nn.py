@@ -8,14 +8,15 @@ from conftest import TRITON_DEVICE
 from torch import nn
 
 import morpho_kernels as mk
-from morpho_kernels.nn import MaskedLinear
+from morpho_kernels.nn import MASK_INIT, MaskedLinear
 
 
 def test_constructor_matches_linear_signature_and_validates():
     layer = MaskedLinear(7, 3, bias=False, dtype=torch.float64, init_density=0.5, temperature=2.0)
     assert layer.weight.shape == (3, 7) and layer.bias is None
     assert layer.weight.dtype == torch.float64 and float(layer.temperature) == 2.0
-    assert set(layer.mask_logits.unique().tolist()) <= {-3.0, 3.0}
+    assert MASK_INIT == 2.0  # the seed's "around ±2", one default for every masked layer
+    assert set(layer.mask_logits.unique().tolist()) == {-MASK_INIT, MASK_INIT}
     with pytest.raises(ValueError, match="init_density"):
         MaskedLinear(3, 3, init_density=1.5)
     with pytest.raises(ValueError, match="temperature"):

@@ -6,7 +6,7 @@ import torch
 from tolerances import assert_matches
 
 from morpho_kernels import BackendUnavailableError, _ext, reference_graph
-from morpho_kernels._nn_sparse import SparseLinear
+from morpho_kernels.nn import SparseLinear
 from morpho_kernels.ops.edges import EdgeList
 from morpho_kernels.ops.sparse_linear import DISPATCH, dense_grad_at, sparse_linear
 

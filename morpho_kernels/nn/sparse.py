@@ -1,6 +1,6 @@
 """SparseLinear: a linear layer whose weight is an EdgeList plus one value per slot, executed by
 morpho_kernels.sparse_linear (work ∝ live connections), with structural edits (grow / prune)
-that keep optimizer state aligned with the edges. Re-exported from morpho_kernels.nn."""
+that keep optimizer state aligned with the edges."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .ops.edges import EdgeList, EdgeUpdate, InsertReport, insert_connections, remove_connections
-from .ops.sparse_linear import dense_grad_at, sparse_linear
+from ..ops.edges import EdgeList, EdgeUpdate, InsertReport, insert_connections, remove_connections
+from ..ops.sparse_linear import dense_grad_at, sparse_linear
 
 
 class SparseLinear(nn.Module):
