@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Recorder, peak_mem_mb, time_ms  # noqa: E402
 
 from morpho_kernels import reference_graph  # noqa: E402
+from morpho_kernels.formats import EdgeList  # noqa: E402
 from morpho_kernels.nn import SparseLinear  # noqa: E402
 from morpho_kernels.ops import edges as edges_ops  # noqa: E402
 from morpho_kernels.ops import extrema as extrema_ops  # noqa: E402
@@ -88,8 +89,8 @@ def bench_extrema(rec, device, rows, c, dtype):
 def bench_insert(rec, device, n, n_edges, n_cand):
     g = torch.Generator(device=device).manual_seed(0)
     keys = torch.randperm(n * n, device=device, generator=g)[:n_edges + n_cand]
-    el = edges_ops.EdgeList.from_coo(keys[:n_edges] % n, keys[:n_edges] // n, n, n,
-                                     capacity=n_edges + n_cand)
+    el = EdgeList.from_coo(keys[:n_edges] % n, keys[:n_edges] // n, n, n,
+                           capacity=n_edges + n_cand)
     # half new connections, a quarter duplicates of existing edges, a quarter in-batch repeats
     new = keys[n_edges:n_edges + n_cand // 2]
     dup = keys[:n_cand // 4]

@@ -6,9 +6,9 @@ backend. ``python -m morpho_kernels.info`` shows which backends serve which devi
 """
 
 from ._dispatch import BACKEND_NAMES, BackendUnavailableError
-from .formats import BLOCK_SIZES, BlockSparseLayout
+from .formats import BLOCK_SIZES, BlockSparseLayout, EdgeList
 from .ops.block_sparse_linear import block_sparse_linear
-from .ops.edges import EdgeList, EdgeUpdate, InsertReport, insert_connections, remove_connections
+from .ops.edges import EdgeUpdate, InsertReport, insert_connections, remove_connections
 from .ops.extrema import ExtremaStats, extrema_stats
 from .ops.masked_linear import masked_linear
 from .ops.sparse_linear import dense_grad_at, sparse_linear

@@ -10,7 +10,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..ops.edges import EdgeList, EdgeUpdate, InsertReport, insert_connections, remove_connections
+from ..formats import EdgeList
+from ..ops.edges import EdgeUpdate, InsertReport, insert_connections, remove_connections
 from ..ops.sparse_linear import dense_grad_at, sparse_linear
 
 

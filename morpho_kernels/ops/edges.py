@@ -1,8 +1,9 @@
-"""EdgeList and morpho::insert_connections / remove_connections: a layer's connections as CSR by
-destination with spare capacity, and the two structural edits growth and pruning make.
+"""morpho::insert_connections / remove_connections: the two structural edits growth and pruning
+make to an `EdgeList` (a layer's connections as CSR by destination with spare capacity; the
+format lives in morpho_kernels/formats.py and is importable from here too).
 
-Order (DESIGN.md convention 1): the format → backends and checks → custom op with fake kernel →
-public functions. Kernels: csrc/cpu/edges.cpp (merge of sorted candidates, O(E + C log C)),
+Order (DESIGN.md convention 1): backends and checks → custom op with fake kernel → public
+functions. Kernels: csrc/cpu/edges.cpp (merge of sorted candidates, O(E + C log C)),
 csrc/cuda/edges.cu (sorts and searches of the candidates only, via ATen); reference:
 morpho_kernels/reference_graph.py (sorts all E + C keys).
 
@@ -28,164 +29,7 @@ from torch import Tensor
 
 from .. import _ext, reference_graph
 from .._dispatch import Backend, CallSpec, Dispatcher, check_ext
-
-# ----------------------------------------------------------------------------- the format
-
-
-class EdgeList:
-    """Connections src → dst of a layer with ``in_features`` sources and ``out_features``
-    destinations, as CSR by destination.
-
-    Attributes:
-        row_ptr: (out_features + 1,) int64; the edges into dst d are slots
-            ``row_ptr[d]:row_ptr[d + 1]``.
-        col: (capacity,) int64 source of every slot, strictly increasing within a row; slots
-            from ``nnz = row_ptr[-1]`` on are spare capacity (value 0, ignored by every op).
-        in_features: number of sources.
-
-    Values (weights) live beside it, one per slot (``SparseLinear.values``). An EdgeList is
-    never edited in place: insert / remove return a new one, so a cached transpose stays valid.
-    """
-
-    def __init__(self, row_ptr: Tensor, col: Tensor, in_features: int, validate: bool = True):
-        if not isinstance(row_ptr, Tensor) or not isinstance(col, Tensor):
-            raise TypeError("row_ptr and col must be torch.Tensors")
-        if row_ptr.dtype != torch.int64 or col.dtype != torch.int64:
-            raise TypeError(f"row_ptr and col must be int64, got {row_ptr.dtype} / {col.dtype}")
-        if row_ptr.dim() != 1 or row_ptr.numel() < 1 or col.dim() != 1:
-            raise ValueError("row_ptr must be 1-D with out_features + 1 entries and col 1-D")
-        if row_ptr.device != col.device:
-            raise ValueError(f"row_ptr is on {row_ptr.device} but col is on {col.device}")
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 0:
-            raise ValueError(f"in_features must be a non-negative int, got {in_features!r}")
-        self.row_ptr, self.col, self.in_features = row_ptr, col, in_features
-        self._transpose: Optional[tuple[Tensor, Tensor, Tensor]] = None
-        if validate and row_ptr.device.type == "cpu":  # data checks would synchronise a GPU
-            self._validate()
-
-    def _validate(self) -> None:
-        rp, nnz = self.row_ptr, int(self.row_ptr[-1])
-        if int(rp[0]) != 0 or bool((rp[1:] < rp[:-1]).any()) or nnz > self.capacity:
-            raise ValueError("row_ptr must start at 0, be non-decreasing and end at nnz <= "
-                             f"capacity ({self.capacity})")
-        c = self.col[:nnz]
-        if nnz and (int(c.min()) < 0 or int(c.max()) >= self.in_features):
-            raise ValueError(f"col entries must be in [0, in_features={self.in_features})")
-        d = reference_graph.dst_index(rp, nnz)
-        if nnz > 1 and bool(((d[1:] == d[:-1]) & (c[1:] <= c[:-1])).any()):
-            raise ValueError("col must be strictly increasing within each row (sorted, no "
-                             "duplicate edges)")
-
-    # -- sizes
-    @property
-    def out_features(self) -> int:
-        return self.row_ptr.numel() - 1
-
-    @property
-    def capacity(self) -> int:
-        return self.col.numel()
-
-    @property
-    def nnz(self) -> int:
-        """Number of edges (reads row_ptr[-1]: synchronises a GPU)."""
-        return int(self.row_ptr[-1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.row_ptr.device
-
-    @property
-    def density(self) -> float:
-        return self.nnz / max(1, self.in_features * self.out_features)
-
-    def __repr__(self) -> str:
-        return (f"EdgeList(in_features={self.in_features}, out_features={self.out_features}, "
-                f"nnz={self.nnz}, capacity={self.capacity}, device={self.device})")
-
-    # -- construction
-    @classmethod
-    def empty(cls, in_features: int, out_features: int, capacity: int = 0,
-              device=None) -> EdgeList:
-        return cls(torch.zeros(out_features + 1, dtype=torch.int64, device=device),
-                   torch.zeros(capacity, dtype=torch.int64, device=device), in_features)
-
-    @classmethod
-    def from_coo(cls, src: Tensor, dst: Tensor, in_features: int, out_features: int,
-                 capacity: Optional[int] = None) -> EdgeList:
-        """From edge lists (any order; duplicates are merged)."""
-        src, dst = _check_index("src", src, in_features), _check_index("dst", dst, out_features)
-        if src.shape != dst.shape:
-            raise ValueError(f"src {tuple(src.shape)} and dst {tuple(dst.shape)} must match")
-        keys = torch.unique(dst * max(in_features, 1) + src)  # sorted
-        nnz = keys.numel()
-        cap = max(nnz, capacity or 0)
-        col = torch.zeros(cap, dtype=torch.int64, device=src.device)
-        col[:nnz] = keys % max(in_features, 1)
-        row_ptr = torch.zeros(out_features + 1, dtype=torch.int64, device=src.device)
-        row_ptr[1:] = torch.cumsum(torch.bincount(keys // max(in_features, 1),
-                                                  minlength=out_features), 0)
-        return cls(row_ptr, col, in_features, validate=False)
-
-    @classmethod
-    def from_dense(cls, mask: Tensor, capacity: Optional[int] = None) -> EdgeList:
-        """From a (out_features, in_features) mask or weight: an edge where it is nonzero."""
-        if not isinstance(mask, Tensor) or mask.dim() != 2:
-            raise ValueError("mask must be a 2-D tensor (out_features, in_features)")
-        dst, src = mask.nonzero(as_tuple=True)  # row-major: already sorted by (dst, src)
-        return cls.from_coo(src, dst, mask.shape[1], mask.shape[0], capacity)
-
-    # -- views
-    def dst_index(self) -> Tensor:
-        """(capacity,) destination of every slot; spare slots get out_features."""
-        return reference_graph.dst_index(self.row_ptr, self.capacity)
-
-    def to_coo(self) -> tuple[Tensor, Tensor]:
-        """(src, dst) of the nnz edges, in slot order."""
-        nnz = self.nnz
-        return self.col[:nnz].clone(), self.dst_index()[:nnz]
-
-    def to_dense(self, values: Optional[Tensor] = None) -> Tensor:
-        """(out_features, in_features) weight (values per slot) or 0/1 mask (values None)."""
-        if values is None:
-            values = torch.ones(self.capacity, device=self.device)
-        return reference_graph.dense_weight(self.row_ptr, self.col, values, self.in_features)
-
-    def fan_in(self) -> Tensor:
-        return self.row_ptr[1:] - self.row_ptr[:-1]
-
-    def fan_out(self) -> Tensor:
-        return torch.bincount(self.col[:self.nnz], minlength=self.in_features)
-
-    def to(self, device) -> EdgeList:
-        return EdgeList(self.row_ptr.to(device), self.col.to(device), self.in_features,
-                        validate=False)
-
-    def transpose(self) -> tuple[Tensor, Tensor, Tensor]:
-        """CSR by source, cached: (t_ptr (in_features + 1,), t_dst (capacity,), t_perm
-        (capacity,)): the edges out of source s are slots t_perm[t_ptr[s]:t_ptr[s + 1]] with
-        destinations t_dst[...]. Device-side sorts only (no host synchronisation)."""
-        if self._transpose is None:
-            k = self.in_features
-            d = self.dst_index()
-            key = torch.where(d < self.out_features, self.col, k)  # spare slots sort last
-            sorted_key, perm = torch.sort(key, stable=True)
-            t_ptr = torch.searchsorted(sorted_key, torch.arange(k + 1, device=self.device))
-            self._transpose = (t_ptr, d[perm].contiguous(), perm)
-        return self._transpose
-
-
-def _check_index(name: str, t, bound: int) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-    if t.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
-    t = t.long()
-    if t.numel() and bool(((t < 0) | (t >= bound)).any()):
-        raise ValueError(f"{name} entries must be in [0, {bound})")
-    return t
-
+from ..formats import EdgeList, check_index  # also morpho_kernels.ops.edges.EdgeList (old home)
 
 # ----------------------------------------------------------------------------- backends
 
@@ -316,8 +160,8 @@ def insert_connections(edges: EdgeList, src: Tensor, dst: Tensor,
     """
     if not isinstance(edges, EdgeList):
         raise TypeError(f"edges must be an EdgeList, got {type(edges).__name__}")
-    src = _check_index("src", src, edges.in_features).to(edges.device)
-    dst = _check_index("dst", dst, edges.out_features).to(edges.device)
+    src = check_index("src", src, edges.in_features).to(edges.device)
+    dst = check_index("dst", dst, edges.out_features).to(edges.device)
     if src.shape != dst.shape:
         raise ValueError(f"src {tuple(src.shape)} and dst {tuple(dst.shape)} must match")
     if values is not None:
@@ -369,7 +213,7 @@ def remove_connections(edges: EdgeList, mask_or_indices: Tensor, *,
                              f"({edges.capacity},) (capacity), got {tuple(m.shape)}")
         drop = m[:nnz]
     else:
-        idx = _check_index("mask_or_indices", m, nnz)
+        idx = check_index("mask_or_indices", m, nnz)
         drop = torch.zeros(nnz, dtype=torch.bool, device=edges.device)
         drop[idx] = True
     keep = ~drop

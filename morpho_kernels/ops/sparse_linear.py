@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .. import _ext, reference_graph
 from .._dispatch import FLOAT_DTYPES, Backend, CallSpec, Dispatcher, check_ext, check_reference
-from .edges import EdgeList, _check_index
+from ..formats import EdgeList, check_index
 
 # ----------------------------------------------------------------------------- backends
 
@@ -261,8 +261,8 @@ def dense_grad_at(x: Tensor, grad_out: Tensor, src: Tensor, dst: Tensor) -> Tens
                          "same leading (token) dims")
     if grad_out.dtype != x.dtype or grad_out.device != x.device:
         raise TypeError("grad_out must have x's dtype and device")
-    src = _check_index("src", src, x.shape[-1]).to(x.device)
-    dst = _check_index("dst", dst, grad_out.shape[-1]).to(x.device)
+    src = check_index("src", src, x.shape[-1]).to(x.device)
+    dst = check_index("dst", dst, grad_out.shape[-1]).to(x.device)
     if src.shape != dst.shape:
         raise ValueError(f"src {tuple(src.shape)} and dst {tuple(dst.shape)} must match")
     return _dense_grad_at_op(x.detach(), grad_out.detach(), src, dst)
