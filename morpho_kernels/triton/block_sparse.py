@@ -24,9 +24,10 @@ slots of each block row (row-sorted), `col_ptr`/`col_order` the slots of each bl
   workspace (fp32, the size of dV) is allocated whenever a split config may be chosen
   (`workspace_needed`; not under deterministic mode nor MORPHO_AUTOTUNE=0). Whether a
   launch split the tokens (SPLIT_M > 1) is read from the autotuner's `best_config` right after
-  it, launch and read under one lock (`_LAUNCH_LOCK`, which every launch of both kernels takes:
-  the autotuner keeps per-call state on the kernel object), so threads launching at once
-  (one autograd thread per device) cannot read each other's choice or tuning arguments.
+  it, launch and read under one lock (`common.LAUNCH_LOCK`, which every autotuned launch of
+  every kernel family takes: the autotuner keeps per-call state on the kernel object), so
+  threads launching at once (one autograd thread per device) cannot read each other's choice or
+  tuning arguments.
 
 Under TRITON_INTERPRET=1 (CPU tests) each kernel keeps one config (the largest valid, or the one
 `forced_config` asks for) and bf16 / fp16 are upcast before tl.dot (the interpreter's
@@ -44,7 +45,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from .masked_linear import INTERPRET, LAUNCH_LOCK, _flags, _on_device
+from .common import INTERPRET, LAUNCH_LOCK, dtype_flags, on_device
 
 # kernel name -> config kwargs a test asks for (forced_config); empty in normal use
 _FORCED: dict[str, dict] = {}
@@ -283,9 +284,6 @@ def tuned_configs(tokens: int, capacity: int) -> dict[str, list[str]]:
 
 # ----------------------------------------------------------------------------- launchers
 
-# one autotuned launch at a time (see masked_linear.LAUNCH_LOCK); sdd reads its choice inside
-_LAUNCH_LOCK = LAUNCH_LOCK
-
 
 def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.Tensor,
         idx: torch.Tensor, n_out_blocks: int, bias: torch.Tensor | None,
@@ -308,12 +306,12 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     bias = bias.contiguous() if bias is not None else None
     svr, svp = (1, b) if transpose else (b, 1)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * n_out_blocks,)
-    with _on_device(a), _LAUNCH_LOCK:
+    with on_device(a), LAUNCH_LOCK:
         _bs_dsd_kernel[grid](
             a, values, ptr, order, sidx, bias if bias is not None else c, c,
             m, p, n_out_blocks, values.shape[0],
             a.stride(0), a.stride(1), c.stride(0), c.stride(1), svr, svp,
-            HAS_BIAS=bias is not None, B=b, **_flags(a.dtype),
+            HAS_BIAS=bias is not None, B=b, **dtype_flags(a.dtype),
         )
     return c
 
@@ -356,12 +354,12 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
     ws = (torch.empty(dv.shape, device=dv.device, dtype=torch.float32)
           if dv.dtype != torch.float32 and workspace_needed(block, det) else dv)
     grid = lambda meta: (cap, (block // meta["TILE"]) ** 2, meta["SPLIT_M"])
-    with _on_device(x), _LAUNCH_LOCK:
+    with on_device(x), LAUNCH_LOCK:
         _bs_sdd_kernel[grid](
             grad_out, x, rows, cols, row_order, dv, ws,
             m, cap, det,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
-            B=block, **_flags(x.dtype),
+            B=block, **dtype_flags(x.dtype),
         )
         split = _bs_sdd_kernel.best_config.kwargs["SPLIT_M"] > 1
     if ws is not dv and split:

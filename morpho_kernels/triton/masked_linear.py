@@ -20,15 +20,11 @@ bf16/fp16 to fp32 before tl.dot (the interpreter's low-precision dot is wrong, D
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .common import INTERPRET, LAUNCH_LOCK, dtype_flags, on_device
 
 
 def _mm_configs() -> list:
@@ -192,38 +188,6 @@ def _masked_linear_bwd_wm_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _tf32_enabled() -> bool:
-    # torch >= 2.9 has the fp32_precision API, and reading the legacy allow_tf32 flag after a
-    # user set the new one raises ("mix of the legacy and new APIs").
-    matmul = torch.backends.cuda.matmul
-    precision = getattr(matmul, "fp32_precision", None)
-    if precision is not None:
-        return precision == "tf32"
-    return bool(matmul.allow_tf32)
-
-
-def _flags(dtype: torch.dtype) -> dict:
-    is_fp32 = dtype == torch.float32
-    # fp32 follows torch's matmul setting so results match F.linear (IEEE unless TF32 is on).
-    tf32 = is_fp32 and not INTERPRET and _tf32_enabled()
-    return {
-        "UPCAST": INTERPRET and not is_fp32,
-        "IS_FP32": is_fp32,
-        "PRECISION": "tf32" if tf32 else "ieee",
-    }
-
-
-def _on_device(t: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensor's."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
-# Triton's autotuner keeps per-call state on the shared kernel object (its arguments while it
-# tunes, its choice in `best_config`): autotuned launches here and in block_sparse take this
-# lock, so threads launching at once (one autograd thread per device) do not mix them up
-LAUNCH_LOCK = threading.Lock()
-
-
 def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
               temperature: torch.Tensor, bias: torch.Tensor | None,
               transpose: bool) -> torch.Tensor:
@@ -249,12 +213,12 @@ def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
         return c.zero_() if bias is None else c.copy_(bias.expand(m, p))
     bias = bias.contiguous() if bias is not None else None  # the kernel reads it with stride 1
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(p, meta["BLOCK_P"]))
-    with _on_device(a), LAUNCH_LOCK:
+    with on_device(a), LAUNCH_LOCK:
         _masked_mm_kernel[grid](
             a, weight, mask_logits, temperature, bias if bias is not None else c, c,
             m, p, r,
             a.stride(0), a.stride(1), swr, swp, slr, slp, c.stride(0), c.stride(1),
-            HAS_BIAS=bias is not None, **_flags(a.dtype),
+            HAS_BIAS=bias is not None, **dtype_flags(a.dtype),
         )
     return c
 
@@ -268,7 +232,7 @@ def masked_weight(weight: torch.Tensor, mask_logits: torch.Tensor,
     numel = w.numel()
     if numel:
         block = 4096 if INTERPRET else 1024
-        with _on_device(w):
+        with on_device(w):
             _masked_weight_kernel[(triton.cdiv(numel, block),)](w, lg, temperature, out, numel,
                                                                 BLOCK=block)
     return out
@@ -282,7 +246,7 @@ def masked_weight_backward(grad: torch.Tensor, weight: torch.Tensor, mask_logits
     numel = w.numel()
     if numel:
         block = 4096 if INTERPRET else 1024
-        with _on_device(w):
+        with on_device(w):
             _masked_weight_bwd_kernel[(triton.cdiv(numel, block),)](
                 g, w, lg, temperature, dw, dm, numel, BLOCK=block)
     return dw, dm
@@ -301,13 +265,13 @@ def masked_linear_bwd_wm(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.
     if m == 0:
         return dw.zero_(), dm.zero_()
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]),)
-    with _on_device(x), LAUNCH_LOCK:
+    with on_device(x), LAUNCH_LOCK:
         _masked_linear_bwd_wm_kernel[grid](
             grad_out, x, weight, mask_logits, temperature, dw, dm,
             m, n, k,
             grad_out.stride(0), grad_out.stride(1), x.stride(0), x.stride(1),
             weight.stride(0), weight.stride(1), mask_logits.stride(0), mask_logits.stride(1),
             dw.stride(0), dw.stride(1), dm.stride(0), dm.stride(1),
-            **_flags(x.dtype),
+            **dtype_flags(x.dtype),
         )
     return dw, dm
