@@ -30,9 +30,20 @@ def is_int(v: Any) -> bool:
 
 
 def is_real(v: Any) -> bool:
-    """True for finite real numbers (ints included), False for ``bool``, NaN and ±inf."""
-    return (isinstance(v, numbers.Real) and not isinstance(v, bool)
-            and math.isfinite(float(v)))
+    """True for finite real numbers (ints included), False for ``bool``, NaN and ±inf (and an
+    int too large for a float)."""
+    return _is_number(v) and math.isfinite(_as_float(v))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _as_float(v: numbers.Real) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond the float range (10**400): ±inf as a float
+        return math.inf if v > 0 else -math.inf
 
 
 def _int_words(lo: Optional[int], hi: Optional[int]) -> str:
@@ -62,36 +73,38 @@ def check_int(name: str, v: Any, lo: Optional[int] = None, hi: Optional[int] = N
     return int(v)
 
 
-def _real_words(lo, hi, lo_open: bool, hi_open: bool) -> str:
+def _real_words(lo, hi, lo_open: bool, hi_open: bool, allow_inf: bool) -> str:
+    noun = "a number (not NaN)" if allow_inf else "a finite number"
     if lo is not None and hi is not None:
-        return f"a finite number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        return f"{noun} in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     if lo is not None:
-        return f"a finite number {'>' if lo_open else '>='} {lo}"
+        return f"{noun} {'>' if lo_open else '>='} {lo}"
     if hi is not None:
-        return f"a finite number {'<' if hi_open else '<='} {hi}"
-    return "a finite number"
+        return f"{noun} {'<' if hi_open else '<='} {hi}"
+    return noun
 
 
 def check_real(name: str, v: Any, lo: Optional[float] = None, hi: Optional[float] = None, *,
-               lo_open: bool = False, hi_open: bool = False,
-               optional: bool = False) -> Optional[float]:
+               lo_open: bool = False, hi_open: bool = False, optional: bool = False,
+               allow_inf: bool = False) -> Optional[float]:
     """``v`` as a finite ``float`` within the bounds (open with ``lo_open`` / ``hi_open``);
-    ``None`` passes when ``optional``. ValueError: "lr must be a finite number > 0, got 0"."""
+    ``None`` passes when ``optional``; ±inf pass too (within the bounds) when ``allow_inf``
+    (e.g. a threshold nothing crosses), NaN never. ValueError: "lr must be a finite number > 0,
+    got 0"."""
     if v is None and optional:
         return None
-    ok = is_real(v)
-    if ok:
-        f = float(v)
-        if lo is not None:
-            ok = f > lo if lo_open else f >= lo
-        if ok and hi is not None:
-            ok = f < hi if hi_open else f <= hi
+    number = _is_number(v)
+    f = _as_float(v) if number else math.nan
+    ok = math.isfinite(f) or (allow_inf and math.isinf(f))
+    if ok and lo is not None:
+        ok = f > lo if lo_open else f >= lo
+    if ok and hi is not None:
+        ok = f < hi if hi_open else f <= hi
     if not ok:
-        what = _real_words(lo, hi, lo_open, hi_open)
-        number = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        what = _real_words(lo, hi, lo_open, hi_open, allow_inf)
         err = ValueError if number else TypeError  # NaN / ±inf: a float of the wrong value
         raise err(f"{name} must be {'None or ' if optional else ''}{what}, got {v!r}")
-    return float(v)
+    return f
 
 
 def check_fraction(name: str, v: Any, *, lo_open: bool = False, hi_open: bool = False,
@@ -104,12 +117,18 @@ def check_choice(name: str, v: Any, choices: Iterable[Any]) -> Any:
     """``v`` when it is one of ``choices``; ValueError listing them otherwise."""
     choices = tuple(choices)
     try:
-        ok = v in choices and not (isinstance(v, bool) and True not in choices)
-    except TypeError:  # unhashable / incomparable values
+        ok = any(_same_choice(v, c) for c in choices)
+    except (TypeError, ValueError):  # incomparable values, arrays without one truth value
         ok = False
     if not ok:
         raise ValueError(f"{name} must be one of {choices}, got {v!r}")
     return v
+
+
+def _same_choice(v: Any, c: Any) -> bool:
+    if isinstance(v, bool) or isinstance(c, bool):  # True == 1 to Python, never to us
+        return v is c
+    return v is c or bool(v == c)
 
 
 def check_bool(name: str, v: Any) -> bool:
