@@ -13,7 +13,8 @@ Index tensors (int32, on the layout's device):
   col_ptr      (Kb + 1,)   likewise per block column
 `rebuild()` recomputes the four derived tensors on the device, in place, without a host
 synchronisation (sort + searchsorted), so a layout change inside a training step costs a few
-small kernels and no sync. `BLOCK_SIZES` is the one list of legal block sizes.
+small kernels and no sync. `BLOCK_SIZES` is the one list of legal block sizes (checked by
+`check_block_size`).
 
 `EdgeList`: a layer's connections as CSR by destination (int64 ``row_ptr`` (out + 1,), ``col``
 (capacity,)) with spare capacity, one value per slot beside it; the format of `sparse_linear`
@@ -32,16 +33,15 @@ import torch
 from torch import Tensor
 
 from . import reference_graph
+from .checks import check_choice, check_fraction, check_int
 
 BLOCK_SIZES = (16, 32, 64, 128)
 
 
-def _check_block_size(block_size: int) -> int:
-    if isinstance(block_size, bool) or not isinstance(block_size, int):
-        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
-    if block_size not in BLOCK_SIZES:
-        raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {block_size}")
-    return block_size
+def check_block_size(block_size: int) -> int:
+    """``block_size`` as an int from `BLOCK_SIZES`: TypeError for a non-int (``16.0``, ``True``),
+    ValueError for another size."""
+    return check_choice("block_size", check_int("block_size", block_size), BLOCK_SIZES)
 
 
 def _check_shape(shape, block_size: int) -> tuple[int, int]:
@@ -64,7 +64,7 @@ class BlockSparseLayout:
 
     def __init__(self, rows: Tensor, cols: Tensor, shape: tuple[int, int], block_size: int,
                  *, validate: bool = True):
-        self.block_size = _check_block_size(block_size)
+        self.block_size = check_block_size(block_size)
         self.shape = _check_shape(shape, self.block_size)
         for name, t in (("rows", rows), ("cols", cols)):
             if not isinstance(t, Tensor) or t.dim() != 1 or t.dtype.is_floating_point:
@@ -99,7 +99,7 @@ class BlockSparseLayout:
         """A layout over existing index tensors (e.g. a module's buffers), without copying or
         rebuilding: in-place changes (`regrow`) write into those tensors."""
         self = cls.__new__(cls)
-        self.block_size = _check_block_size(block_size)
+        self.block_size = check_block_size(block_size)
         self.shape = _check_shape(shape, self.block_size)
         self.rows, self.cols, self.row_ptr, self.row_order = rows, cols, row_ptr, row_order
         self.col_ptr, self.col_order = col_ptr, col_order
@@ -155,7 +155,7 @@ class BlockSparseLayout:
         """Layout of the nonzero entries of a (out/b, in/b) block mask."""
         if not isinstance(block_mask, Tensor) or block_mask.dim() != 2:
             raise ValueError("block_mask must be a 2-D tensor (out/b, in/b)")
-        b = _check_block_size(block_size)
+        b = check_block_size(block_size)
         rows, cols = torch.nonzero(block_mask, as_tuple=True)  # row-major: already row-sorted
         shape = (block_mask.shape[0] * b, block_mask.shape[1] * b)
         return cls(rows, cols, shape, b, validate=False)
@@ -164,7 +164,7 @@ class BlockSparseLayout:
     def from_mask(cls, mask: Tensor, block_size: int) -> BlockSparseLayout:
         """Layout from an element mask of the weight's shape: a block is live when any of its
         elements is nonzero."""
-        b = _check_block_size(block_size)
+        b = check_block_size(block_size)
         if not isinstance(mask, Tensor) or mask.dim() != 2:
             raise ValueError("mask must be a 2-D tensor (out_features, in_features)")
         n, k = _check_shape(mask.shape, b)
@@ -176,7 +176,7 @@ class BlockSparseLayout:
                    density: Optional[float] = None) -> tuple[BlockSparseLayout, Tensor]:
         """(layout, values) from a dense weight: the blocks with any nonzero entry, or, with
         `density`, the fraction of blocks of largest L2 norm (at least one block)."""
-        b = _check_block_size(block_size)
+        b = check_block_size(block_size)
         if not isinstance(weight, Tensor) or weight.dim() != 2:
             raise ValueError("weight must be a 2-D tensor (out_features, in_features)")
         n, k = _check_shape(weight.shape, b)
@@ -184,10 +184,9 @@ class BlockSparseLayout:
         if density is None:
             layout = cls.from_mask(w, b)
         else:
-            if not (0.0 < float(density) <= 1.0):
-                raise ValueError(f"density must be in (0, 1], got {density}")
+            density = check_fraction("density", density, lo_open=True)
             norms = w.float().reshape(n // b, b, k // b, b).square().sum(dim=(1, 3))
-            keep = max(1, round(float(density) * norms.numel()))
+            keep = max(1, round(density * norms.numel()))
             idx = torch.topk(norms.flatten(), keep).indices
             live = torch.zeros(norms.numel(), dtype=torch.bool, device=w.device)
             live[idx] = True
@@ -241,7 +240,7 @@ class BlockSparseLayout:
         host synchronisation. Returns the (drop,) int64 slots that changed, for optimizer-state
         resets (see `morpho_kernels.nn.BlockSparseLinear.regrow`).
         """
-        self.check_regrow(values, drop, grow_scores, drop_scores)
+        drop = self.check_regrow(values, drop, grow_scores, drop_scores)
         nbr, nbc = self.grid
         if drop == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
@@ -268,13 +267,13 @@ class BlockSparseLayout:
             return torch.linalg.vector_norm(values, dim=(1, 2), dtype=acc)
 
     def check_regrow(self, values: Tensor, drop: int, grow_scores: Tensor,
-                     drop_scores: Optional[Tensor] = None) -> None:
+                     drop_scores: Optional[Tensor] = None) -> int:
         """Raise the error `regrow` would raise for these arguments, changing nothing (callers
-        that must fail before a collective, e.g. a distributed regrow, check first)."""
+        that must fail before a collective, e.g. a distributed regrow, check first); returns
+        ``drop`` as an int."""
         self._check_values(values)
         nbr, nbc = self.grid
-        if isinstance(drop, bool) or not isinstance(drop, int) or drop < 0:
-            raise ValueError(f"drop must be a non-negative int, got {drop!r}")
+        drop = check_int("drop", drop, 0)
         if drop > self.capacity:
             raise ValueError(f"drop={drop} exceeds the {self.capacity} live blocks")
         if drop > nbr * nbc - self.capacity:
@@ -285,6 +284,7 @@ class BlockSparseLayout:
         if drop_scores is not None and (not isinstance(drop_scores, Tensor)
                                         or drop_scores.shape != (self.capacity,)):
             raise ValueError(f"drop_scores must be a tensor of shape ({self.capacity},)")
+        return drop
 
 
 def _finite(s: Tensor) -> Tensor:
@@ -327,8 +327,7 @@ class EdgeList:
             raise ValueError("row_ptr must be 1-D with out_features + 1 entries and col 1-D")
         if row_ptr.device != col.device:
             raise ValueError(f"row_ptr is on {row_ptr.device} but col is on {col.device}")
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 0:
-            raise ValueError(f"in_features must be a non-negative int, got {in_features!r}")
+        in_features = check_int("in_features", in_features, 0)
         self.row_ptr, self.col, self.in_features = row_ptr, col, in_features
         self._transpose: Optional[tuple[Tensor, Tensor, Tensor]] = None
         if validate and row_ptr.device.type == "cpu":  # data checks would synchronise a GPU
@@ -377,6 +376,9 @@ class EdgeList:
     @classmethod
     def empty(cls, in_features: int, out_features: int, capacity: int = 0,
               device=None) -> EdgeList:
+        """No edges, ``capacity`` spare slots."""
+        out_features = check_int("out_features", out_features, 0)
+        capacity = check_int("capacity", capacity, 0)
         return cls(torch.zeros(out_features + 1, dtype=torch.int64, device=device),
                    torch.zeros(capacity, dtype=torch.int64, device=device), in_features)
 
@@ -384,6 +386,9 @@ class EdgeList:
     def from_coo(cls, src: Tensor, dst: Tensor, in_features: int, out_features: int,
                  capacity: Optional[int] = None) -> EdgeList:
         """From edge lists (any order; duplicates are merged)."""
+        in_features = check_int("in_features", in_features, 0)
+        out_features = check_int("out_features", out_features, 0)
+        capacity = check_int("capacity", capacity, 0, optional=True)
         src, dst = check_index("src", src, in_features), check_index("dst", dst, out_features)
         if src.shape != dst.shape:
             raise ValueError(f"src {tuple(src.shape)} and dst {tuple(dst.shape)} must match")

@@ -10,7 +10,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..formats import BlockSparseLayout
+from ..checks import check_fraction, check_int
+from ..formats import BlockSparseLayout, check_block_size
 from ..ops.block_sparse_linear import apply_block_sparse
 
 __all__ = ["BlockSparseLinear", "GraphedRegrow"]
@@ -45,11 +46,10 @@ class BlockSparseLinear(nn.Module):
                  block_size: int = 64, density: float = 1.0, pad: bool = False, device=None,
                  dtype=None, *, _layout: BlockSparseLayout | None = None):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not (isinstance(density, (int, float)) and 0.0 < float(density) <= 1.0):
-            raise ValueError(f"density must be in (0, 1], got {density!r}")
+        in_features = check_int("in_features", in_features, 1)
+        out_features = check_int("out_features", out_features, 1)
+        block_size = check_block_size(block_size)
+        density = check_fraction("density", density, lo_open=True)
         self.in_features, self.out_features = in_features, out_features
         self.block_size = block_size
         if not pad and (in_features % block_size or out_features % block_size):
@@ -60,7 +60,7 @@ class BlockSparseLinear(nn.Module):
         shape = (_ceil_to(out_features, block_size), _ceil_to(in_features, block_size))
         if _layout is None:
             nbr, nbc = shape[0] // block_size, shape[1] // block_size
-            live = max(1, round(float(density) * nbr * nbc))
+            live = max(1, round(density * nbr * nbc))
             keys = torch.randperm(nbr * nbc, device=device)[:live]
             _layout = BlockSparseLayout(keys // nbc, keys % nbc, shape, block_size)
         elif _layout.shape != shape or _layout.block_size != block_size:
@@ -106,7 +106,7 @@ class BlockSparseLinear(nn.Module):
             raise ValueError("give exactly one of mask= (which blocks to keep) or density= "
                              "(fraction of blocks kept by magnitude)")
         n, k = linear.out_features, linear.in_features
-        b = block_size
+        b = check_block_size(block_size)
         if not pad and (n % b or k % b):
             raise ValueError(f"nn.Linear({k}, {n}) is not a multiple of block_size={b}; pass "
                              "pad=True to zero-pad it, or choose a smaller block")
@@ -186,7 +186,7 @@ class BlockSparseLinear(nn.Module):
           before anything changes.
         """
         layout = self.layout
-        layout.check_regrow(self.values.data, drop, grow_scores, drop_scores)
+        drop = layout.check_regrow(self.values.data, drop, grow_scores, drop_scores)
         group = _regrow_group(group)
         if group is not None and drop > 0:
             grow_scores = _group_mean(grow_scores, group, self.values.device)
@@ -288,10 +288,8 @@ class GraphedRegrow:
         grid = layer.layout.grid
         n_blocks = grid[0] * grid[1]
         capacity = layer.values.shape[0]
-        if isinstance(drop, bool) or not isinstance(drop, int) or not (
-                0 < drop <= min(capacity, n_blocks - capacity)):
-            raise ValueError(f"drop must be an int in [1, {min(capacity, n_blocks - capacity)}] "
-                             f"for {capacity} live of {n_blocks} blocks, got {drop!r}")
+        # at most every live block, and as many as there are dead blocks to grow
+        drop = check_int("drop", drop, 1, min(capacity, n_blocks - capacity))
         if optimizer is not None:
             if not any(p is layer.values for g in optimizer.param_groups for p in g["params"]):
                 raise ValueError("optimizer does not hold layer.values")

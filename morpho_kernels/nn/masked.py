@@ -18,12 +18,13 @@ The defaults are named once, here: `MASK_INIT`, `INIT_DENSITY`, `FROM_LINEAR_LOG
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_choice, check_fraction, check_int, check_real
-from ..formats import BLOCK_SIZES
+from ..formats import check_block_size
 from ..ops.masked_linear import check_temperature, masked_linear
 
 __all__ = ["FROM_LINEAR_LOGIT", "GRANULARITIES", "INIT_DENSITY", "LearnedMask", "MASK_INIT",
@@ -43,10 +44,11 @@ FROM_LINEAR_LOGIT = 6.0
 
 
 def check_granularity(granularity: str, block_size: int) -> None:
-    """ValueError naming the argument for an unknown granularity or block size."""
+    """ValueError naming the argument for an unknown granularity or block size (TypeError for
+    a block size that is not an int, checked with block granularity only)."""
     check_choice("granularity", granularity, GRANULARITIES)
     if granularity == "block":
-        check_choice("block_size", block_size, BLOCK_SIZES)
+        check_block_size(block_size)
 
 
 def unit_shape(weight_shape: tuple[int, ...], granularity: str,

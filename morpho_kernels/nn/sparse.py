@@ -10,6 +10,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_fraction, check_int
 from ..formats import EdgeList
 from ..ops.edges import EdgeUpdate, InsertReport, insert_connections, remove_connections
 from ..ops.sparse_linear import dense_grad_at, sparse_linear
@@ -37,11 +38,9 @@ class SparseLinear(nn.Module):
                  dtype=None, density: float = 0.01, edges: Optional[EdgeList] = None,
                  capacity: Optional[int] = None):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        if not 0.0 <= density <= 1.0:
-            raise ValueError(f"density must be in [0, 1], got {density}")
+        in_features = check_int("in_features", in_features, 0)
+        out_features = check_int("out_features", out_features, 0)
+        density = check_fraction("density", density)
         self.in_features, self.out_features = in_features, out_features
         if edges is None:
             n = round(density * in_features * out_features)
@@ -118,8 +117,7 @@ class SparseLinear(nn.Module):
         """Keep the ``density`` fraction of ``linear``'s weights of largest magnitude."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        if not 0.0 <= density <= 1.0:
-            raise ValueError(f"density must be in [0, 1], got {density}")
+        density = check_fraction("density", density)
         w = linear.weight.detach()
         n = round(density * w.numel())
         keep = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .. import _ext, reference_graph
 from .._dispatch import Backend, CallSpec, Dispatcher, check_ext
+from ..checks import check_int, check_real
 from ..formats import EdgeList, check_index  # also morpho_kernels.ops.edges.EdgeList (old home)
 
 # ----------------------------------------------------------------------------- backends
@@ -118,11 +119,9 @@ class EdgeUpdate:
 
 
 def _cap_arg(name: str, v) -> int:
-    if v is None:
-        return -1
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"{name} must be None or a non-negative int, got {v!r}")
-    return v
+    """A fan cap as the op takes it: −1 for None (no cap)."""
+    v = check_int(name, v, 0, optional=True)
+    return -1 if v is None else v
 
 
 def _check_values(values, edges: EdgeList) -> None:
@@ -170,9 +169,8 @@ def insert_connections(edges: EdgeList, src: Tensor, dst: Tensor,
         if init_values.shape not in ((src.numel(),), ()):
             raise ValueError(f"init_values shape {tuple(init_values.shape)} must be "
                              f"({src.numel()},) or a scalar")
-    elif isinstance(init_values, bool) or not isinstance(init_values, (int, float)):
-        raise TypeError("init_values must be a float or a tensor, got "
-                        f"{type(init_values).__name__}")
+    else:
+        init_values = check_real("init_values", init_values)
     dtype = (values.dtype if values is not None else
              init_values.dtype if isinstance(init_values, Tensor) else torch.float32)
     rp, col, o2n, pos, status = _insert_op(edges.row_ptr, edges.col, src, dst,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from .. import _ext, reference_graph
 from .._dispatch import FLOAT_DTYPES, Backend, CallSpec, Dispatcher, check_ext, check_reference
+from ..checks import check_int, check_real
 
 
 class ExtremaStats(NamedTuple):
@@ -92,10 +93,7 @@ def _as_channels(x: Tensor, channel_dim: Optional[int]) -> Tensor:
     """View x as (outer, C, inner) with the channel dimension in the middle."""
     if channel_dim is None:
         channel_dim = 1 if x.dim() == 4 else -1
-    if not -x.dim() <= channel_dim < x.dim():
-        raise ValueError(f"channel_dim {channel_dim} out of range for activations of shape "
-                         f"{tuple(x.shape)}")
-    d = channel_dim % x.dim()
+    d = check_int("channel_dim", channel_dim, -x.dim(), x.dim() - 1) % x.dim()
     outer = math.prod(x.shape[:d])
     inner = math.prod(x.shape[d + 1:])
     return x.reshape(outer, x.shape[d], inner)
@@ -137,8 +135,8 @@ def extrema_stats(activations: Tensor, low: float, high: float,
     Args:
         activations: fp16 / bf16 / fp32 / fp64 tensor; statistics per neuron of the last dim, or
             per channel (dim 1) of a 4-D N×C×H×W tensor, or per ``channel_dim`` if given.
-        low, high: thresholds, ``low <= high``; a value counts as below when ``< low`` and as
-            above when ``> high``.
+        low, high: thresholds, ``low <= high`` (±inf allowed, NaN not); a value counts as
+            below when ``< low`` and as above when ``> high``.
         state: the result of a previous call on the same layer: the returned statistics then
             cover every batch seen (counts add, the mean is the count-weighted mean).
         channel_dim: override of the statistics dimension.
@@ -156,13 +154,12 @@ def extrema_stats(activations: Tensor, low: float, high: float,
         raise TypeError(f"activations must be floating point, got {activations.dtype}")
     if activations.dim() == 0:
         raise ValueError("activations must have at least one dimension")
-    for name, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise TypeError(f"{name} must be a real number (not NaN), got {v!r}")
+    low = check_real("low", low, allow_inf=True)  # ±inf: a threshold nothing crosses
+    high = check_real("high", high, allow_inf=True)
     if low > high:
         raise ValueError(f"low ({low}) must be <= high ({high})")
     x3 = _as_channels(activations.detach(), channel_dim)
     if state is not None:
         state = _check_state(state, x3.shape[1], activations.device)
-    out = ExtremaStats(*_extrema_op(x3, float(low), float(high)))
+    out = ExtremaStats(*_extrema_op(x3, low, high))
     return out if state is None else combine(state, out)

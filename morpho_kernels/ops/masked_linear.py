@@ -20,7 +20,6 @@ for backward beyond the parameters themselves.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Union
 
@@ -28,8 +27,8 @@ import torch
 from torch import Tensor
 
 from .. import _ext, reference
-from ..checks import check_real
 from .._dispatch import Backend, CallSpec, Dispatcher, check_ext, check_reference, check_triton
+from ..checks import check_real
 
 # Largest token count served by the fused Triton kernels (sigmoid-prologue GEMM forward and dX,
 # dW/dM with G = dYᵀX kept in registers); above it the Triton backend materialises W ⊙ σ(M/T)
@@ -82,9 +81,7 @@ def _spec(x: Tensor, weight: Tensor) -> CallSpec:
 def _check_temperature_value(temperature: Tensor) -> None:
     # Only CPU values are checked here: reading a CUDA scalar would synchronise the host.
     if temperature.device.type == "cpu":
-        t = float(temperature)
-        if not (math.isfinite(t) and t > 0):
-            raise ValueError(f"temperature must be finite and > 0, got {t}")
+        check_temperature(float(temperature))
 
 
 # ----------------------------------------------------------------------------- forward op
@@ -238,6 +235,7 @@ def _validate(x, weight, mask_logits, bias) -> None:
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias shape {tuple(bias.shape)} must be ({weight.shape[0]},)")
 
+
 def _validate_dtypes(x, weight, mask_logits, bias) -> None:
     if not x.dtype.is_floating_point:
         raise TypeError(f"x must be floating point, got {x.dtype}")
@@ -251,7 +249,7 @@ def _validate_dtypes(x, weight, mask_logits, bias) -> None:
 
 
 def check_temperature(temperature) -> float:
-    """A Python temperature as float, or a ValueError naming it."""
+    """A Python temperature T > 0 as a float; TypeError / ValueError naming it otherwise."""
     return check_real("temperature", temperature, 0, lo_open=True)
 
 

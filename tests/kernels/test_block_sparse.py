@@ -105,6 +105,16 @@ def test_layout_rejects_bad_input():
         layout.regrow(torch.zeros(3, 16, 16), 2, torch.rand(2, 2))
     with pytest.raises(ValueError, match="grow_scores"):
         layout.regrow(torch.zeros(layout.capacity, 16, 16), 1, torch.rand(3, 2))
+    for bad, exc in ((-1, ValueError), (1.0, TypeError), (True, TypeError)):
+        with pytest.raises(exc, match=f"drop must be a non-negative int, got {bad!r}"):
+            layout.regrow(torch.zeros(layout.capacity, 16, 16), bad, torch.rand(2, 2))
+    for bad, exc in ((0, ValueError), (1.5, ValueError), ("0.5", TypeError)):
+        with pytest.raises(exc, match=f"density must be a finite number in \\(0, 1\\], got "
+                                      f"{bad!r}"):
+            BlockSparseLayout.from_dense(torch.ones(32, 32), 16, density=bad)
+    for bad, exc in ((8, ValueError), (0, ValueError), (True, TypeError), (16.0, TypeError)):
+        with pytest.raises(exc, match=f"block_size must be .*, got {bad!r}"):
+            BlockSparseLayout.from_block_mask(torch.ones(2, 2), bad)
 
 
 def test_layout_empty_and_full():
@@ -429,6 +439,27 @@ def test_module_from_linear_to_linear_and_padding():
     torch.testing.assert_close(part.to_linear().weight, lin.weight * mask)
 
 
+def test_module_checks_its_arguments():
+    cases = [({"in_features": 0}, ValueError, "in_features must be a positive int, got 0"),
+             ({"out_features": 32.0}, TypeError, "out_features must be a positive int"),
+             ({"density": 0}, ValueError, "density must be a finite number in \\(0, 1\\]"),
+             ({"density": True}, TypeError, "density must be a finite number"),
+             ({"block_size": 24}, ValueError, "block_size must be one of \\(16, 32, 64, 128\\)"),
+             ({"block_size": 0}, ValueError, "block_size must be one of"),
+             ({"block_size": 16.0}, TypeError, "block_size must be an int, got 16.0")]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            BlockSparseLinear(**{"in_features": 64, "out_features": 32, **kwargs})
+    with pytest.raises(ValueError, match="block_size must be one of"):
+        BlockSparseLinear.from_linear(torch.nn.Linear(64, 32), density=0.5, block_size=0)
+    np = pytest.importorskip("numpy")
+    m = BlockSparseLinear(np.int64(64), np.int32(32), block_size=np.int64(16),
+                          density=np.float32(0.5))
+    assert (m.in_features, m.out_features, m.block_size) == (64, 32, 16)
+    assert all(type(v) is int for v in (m.in_features, m.out_features, m.block_size))
+    assert m.regrow(np.int64(1), torch.rand(m.layout.grid)).shape == (1,)
+
+
 def test_module_rejects_wrong_input_width():
     for pad, n_in in ((False, 64), (True, 60)):
         m = BlockSparseLinear(n_in, 32, block_size=16, density=0.5, pad=pad)
@@ -497,8 +528,8 @@ def test_graphed_regrow_rejects_what_it_cannot_capture():
         GraphedRegrow(m, 2)
     with pytest.raises(TypeError, match="BlockSparseLinear"):
         GraphedRegrow(torch.nn.Linear(4, 4), 2)
-    for bad in (0, 9, True, 2.0):
-        with pytest.raises(ValueError, match="drop must be an int in \\[1, 8\\]"):
+    for bad, exc in ((0, ValueError), (9, ValueError), (True, TypeError), (2.0, TypeError)):
+        with pytest.raises(exc, match=f"drop must be an int in \\[1, 8\\], got {bad}"):
             GraphedRegrow(m, bad)
     with pytest.raises(ValueError, match="does not hold layer.values"):
         GraphedRegrow(m, 2, optimizer=torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]))

@@ -5,8 +5,11 @@ import random
 import pytest
 import torch
 
+import morpho_kernels as mk
 from morpho_kernels import _ext, reference_graph
-from morpho_kernels.ops.edges import DISPATCH, EdgeList, insert_connections, remove_connections
+from morpho_kernels.formats import EdgeList
+from morpho_kernels.ops import edges as edges_mod
+from morpho_kernels.ops.edges import DISPATCH, insert_connections, remove_connections
 
 BACKENDS = ["ext", "reference"]
 needs_ext = pytest.mark.skipif(not _ext.status().loaded,
@@ -214,6 +217,45 @@ def test_errors():
         EdgeList(torch.tensor([0, 1]), torch.tensor([3]), 3)
     with pytest.raises(TypeError, match="int64"):
         EdgeList(torch.tensor([0, 1], dtype=torch.int32), torch.tensor([0]), 3)
+
+
+def test_scalar_arguments_checked_with_one_message_form():
+    """Wrong type: TypeError; right type, wrong value: ValueError; both name the argument and
+    show the value."""
+    el = EdgeList.from_dense(torch.rand(4, 5) < 0.5, capacity=30)
+    one = (torch.tensor([0]), torch.tensor([0]))
+    for bad, exc in ((-2, ValueError), (1.5, TypeError), (True, TypeError), ("3", TypeError)):
+        with pytest.raises(exc, match=f"max_fan_in must be None or a non-negative int, got "
+                                      f"{bad!r}"):
+            insert_connections(el, *one, max_fan_in=bad)
+        with pytest.raises(exc, match="max_fan_out must be None or a non-negative int"):
+            insert_connections(el, *one, max_fan_out=bad)
+    for bad, exc in ((float("nan"), ValueError), (float("inf"), ValueError),
+                     ("0", TypeError), (True, TypeError), (None, TypeError)):
+        with pytest.raises(exc, match="init_values must be a finite number, got"):
+            insert_connections(el, *one, bad)
+    rp, col = torch.tensor([0, 1]), torch.tensor([0])
+    for bad, exc in ((-1, ValueError), (3.0, TypeError), (True, TypeError)):
+        with pytest.raises(exc, match=f"in_features must be a non-negative int, got {bad!r}"):
+            EdgeList(rp, col, bad)
+    with pytest.raises(ValueError, match="out_features must be a non-negative int, got -1"):
+        EdgeList.empty(3, -1)
+    with pytest.raises(TypeError, match="capacity must be a non-negative int, got 2.0"):
+        EdgeList.empty(3, 2, 2.0)
+    with pytest.raises(ValueError, match="capacity must be None or a non-negative int"):
+        EdgeList.from_coo(*one, 3, 2, capacity=-1)
+    # NumPy integers are ints, NumPy floats numbers: accepted and normalised
+    np = pytest.importorskip("numpy")
+    el2 = EdgeList.from_coo(*one, np.int64(3), np.int32(2), capacity=np.int64(4))
+    assert type(el2.in_features) is int and el2.capacity == 4
+    upd = insert_connections(el2, torch.tensor([1]), torch.tensor([1]), np.float32(0.5),
+                             max_fan_in=np.int64(3))
+    assert upd.report.inserted == 1 and float(upd.values[upd.positions[0]]) == 0.5
+
+
+def test_edgelist_lives_in_formats_and_keeps_its_old_import_paths():
+    assert EdgeList.__module__ == "morpho_kernels.formats"
+    assert mk.EdgeList is EdgeList and edges_mod.EdgeList is EdgeList
 
 
 @needs_ext

@@ -1,5 +1,6 @@
 """extrema_stats: every backend against float64 truth, running state, NaN / empty, errors."""
 
+import numpy as np
 import pytest
 import torch
 from tolerances import assert_matches
@@ -81,6 +82,17 @@ def test_nan_propagates_to_mean_min_max():
     assert not out.mean[0].isnan() and not out.min[2].isnan()
 
 
+def test_infinite_and_numpy_thresholds():
+    """±inf thresholds count nothing (a layer whose extremes are not watched); NumPy scalars
+    are numbers like any other."""
+    x = torch.randn(7, 3)
+    out = extrema_stats(x, float("-inf"), float("inf"))
+    assert out.below.tolist() == [0, 0, 0] and out.above.tolist() == [0, 0, 0]
+    want = extrema_stats(x, -0.5, 0.5)
+    got = extrema_stats(x, np.float32(-0.5), np.int64(0) + 0.5)
+    assert torch.equal(got.below, want.below) and torch.equal(got.above, want.above)
+
+
 def test_channel_dim_override():
     x = torch.randn(4, 6, 5)
     out = extrema_stats(x, -1, 1, channel_dim=1)
@@ -100,10 +112,15 @@ def test_errors():
         extrema_stats(torch.ones(3, 3, dtype=torch.int64), 0, 1)
     with pytest.raises(TypeError, match="activations must be a torch.Tensor"):
         extrema_stats([1.0], 0, 1)
-    with pytest.raises(TypeError, match="low must be a real number"):
+    with pytest.raises(ValueError, match="low must be a number \\(not NaN\\), got nan"):
         extrema_stats(x, float("nan"), 1)
-    with pytest.raises(ValueError, match="channel_dim"):
+    for bad in ("0", True, None, torch.tensor(0.0)):
+        with pytest.raises(TypeError, match="high must be a number"):
+            extrema_stats(x, 0, bad)
+    with pytest.raises(ValueError, match="channel_dim must be an int in \\[-2, 1\\], got 5"):
         extrema_stats(x, 0, 1, channel_dim=5)
+    with pytest.raises(TypeError, match="channel_dim must be an int"):
+        extrema_stats(x, 0, 1, channel_dim=1.0)
 
 
 def test_forced_triton_raises(backend):

@@ -6,8 +6,8 @@ import torch
 from tolerances import assert_matches
 
 from morpho_kernels import BackendUnavailableError, _ext, reference_graph
+from morpho_kernels.formats import EdgeList
 from morpho_kernels.nn import SparseLinear
-from morpho_kernels.ops.edges import EdgeList
 from morpho_kernels.ops.sparse_linear import DISPATCH, dense_grad_at, sparse_linear
 
 BACKENDS = ["ext", "reference"]
@@ -128,6 +128,22 @@ def test_dense_grad_at_matches_dense_gradient(name, backend):
                                rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="same leading"):
         dense_grad_at(x, torch.randn(2, 30), src, dst)
+
+
+def test_module_checks_its_arguments():
+    for name, bad, exc in (("in_features", -1, ValueError), ("in_features", 4.0, TypeError),
+                           ("out_features", True, TypeError)):
+        args = {"in_features": 4, "out_features": 3, name: bad}
+        with pytest.raises(exc, match=f"{name} must be a non-negative int, got {bad!r}"):
+            SparseLinear(**args)
+    for bad, exc in ((1.5, ValueError), (float("nan"), ValueError), ("0.1", TypeError),
+                     (True, TypeError)):
+        with pytest.raises(exc, match=f"density must be a finite number in \\[0, 1\\], got "
+                                      f"{bad!r}"):
+            SparseLinear(4, 3, density=bad)
+        with pytest.raises(exc, match="density must be a finite number in \\[0, 1\\]"):
+            SparseLinear.from_linear(torch.nn.Linear(4, 3), density=bad)
+    assert SparseLinear(4, 3, density=1).nnz == 12  # an int density is a number
 
 
 def test_from_linear_to_linear_same_outputs():
