@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from ..formats import BLOCK_SIZES
 from .common import INTERPRET, LAUNCH_LOCK, dtype_flags, on_device
 
 # kernel name -> config kwargs a test asks for (forced_config); empty in normal use
@@ -118,9 +119,11 @@ _GROUPS = (0, 1, 8)  # dsd program orders (see the module docstring); 0 = the ol
 
 
 def _dsd_configs() -> list:
-    if INTERPRET:  # big blocks = few interpreted steps; BLOCK_R pruned to ≤ B
+    # interpreter: big blocks = few interpreted steps; one BLOCK_R per legal block size, pruned
+    # to the largest ≤ B (B itself unless a test forces a smaller step)
+    if INTERPRET:
         return [triton.Config({"BLOCK_M": 64, "BLOCK_R": r, "GROUP_M": g})
-                for g in _GROUPS for r in (16, 32, 64, 128)]
+                for g in _GROUPS for r in BLOCK_SIZES]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_R": br, "GROUP_M": g}, num_warps=w, num_stages=s)
         for g in _GROUPS
@@ -150,9 +153,9 @@ def _sdd_configs() -> list:
         return triton.Config({**kw, "BY_ROW": by_row, "SPLIT_M": split},
                              pre_hook=_zero_workspace if split > 1 else None, **launch)
 
-    if INTERPRET:
+    if INTERPRET:  # one TILE per legal block size, pruned like BLOCK_R above
         return [cfg({"TILE": t, "BLOCK_M": 64}, by_row, split)
-                for by_row, split in _SDD_WALKS for t in (16, 32, 64, 128)]
+                for by_row, split in _SDD_WALKS for t in BLOCK_SIZES]
     return [
         cfg({"TILE": t, "BLOCK_M": bm}, by_row, split, num_warps=w, num_stages=s)
         for by_row, split in _SDD_WALKS

@@ -12,7 +12,7 @@ from morpho_kernels import BlockSparseLayout, reference
 from morpho_kernels.nn import BlockSparseLinear, GraphedRegrow
 from morpho_kernels.ops import block_sparse_linear as bs_mod
 
-BLOCKS = [16, 32, 64, 128]
+BLOCKS = list(mk.BLOCK_SIZES)
 
 
 def _has_ext_kernels() -> bool:
