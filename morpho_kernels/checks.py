@@ -10,7 +10,9 @@ shows what it got:
   a choice not offered) raises ``ValueError``. Both messages read the same:
   "epochs must be a positive int, got '10'".
 
-A ``bool`` is never accepted as a number (``True`` is an ``int`` to Python, never to us).
+A ``bool`` is never accepted as a number (``True`` is an ``int`` to Python, never to us). NumPy
+scalars count as what they hold: ``np.int64`` is an int, ``np.float32`` a number, ``np.bool_`` a
+bool.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 import numbers
 from collections.abc import Iterable
 from typing import Any, Optional
+
+import numpy as np
 
 __all__ = ["check_bool", "check_choice", "check_fraction", "check_instance", "check_int",
            "check_int_list", "check_real", "is_int", "is_real"]
@@ -114,7 +118,8 @@ def check_fraction(name: str, v: Any, *, lo_open: bool = False, hi_open: bool = 
 
 
 def check_choice(name: str, v: Any, choices: Iterable[Any]) -> Any:
-    """``v`` when it is one of ``choices``; ValueError listing them otherwise."""
+    """``v`` when it is one of ``choices`` (equal to one, a bool only to a bool); ValueError
+    listing them otherwise."""
     choices = tuple(choices)
     try:
         ok = any(_same_choice(v, c) for c in choices)
@@ -125,17 +130,21 @@ def check_choice(name: str, v: Any, choices: Iterable[Any]) -> Any:
     return v
 
 
+_BOOLS = (bool, np.bool_)
+
+
 def _same_choice(v: Any, c: Any) -> bool:
-    if isinstance(v, bool) or isinstance(c, bool):  # True == 1 to Python, never to us
-        return v is c
+    if isinstance(v, _BOOLS) or isinstance(c, _BOOLS):  # True == 1 to Python, never to us
+        return isinstance(v, _BOOLS) and isinstance(c, _BOOLS) and bool(v) is bool(c)
     return v is c or bool(v == c)
 
 
 def check_bool(name: str, v: Any) -> bool:
-    """``v`` when it is a ``bool``; TypeError otherwise (``1`` is not ``True`` here)."""
-    if not isinstance(v, bool):
+    """``v`` as a ``bool`` when it is one (a NumPy bool included); TypeError otherwise (``1`` is
+    not ``True`` here)."""
+    if not isinstance(v, _BOOLS):
         raise TypeError(f"{name} must be a bool, got {v!r}")
-    return v
+    return bool(v)
 
 
 def check_instance(name: str, v: Any, types: type | tuple[type, ...], *,
