@@ -3,6 +3,19 @@
 Public ops are torch.library custom ops in the ``morpho`` namespace, each with a fake kernel and
 autograd, dispatched per call to a Triton (CUDA), extension (C++/CUDA) or reference (PyTorch)
 backend. ``python -m morpho_kernels.info`` shows which backends serve which devices and why.
+
+Where things live:
+
+- ``formats``: the run-time formats and their validators, `BlockSparseLayout` (with
+  `BLOCK_SIZES`) and `EdgeList`;
+- ``ops.<op>``: one module per op (``masked_linear``, ``block_sparse_linear``,
+  ``sparse_linear`` / ``dense_grad_at``, ``extrema_stats``, ``edges``: insert / remove
+  connections), each exported here;
+- ``nn``: drop-in layers (`MaskedLinear`, `BlockSparseLinear`, `SparseLinear`);
+- ``checks``: the argument checks every public entry point uses (TypeError for a wrong type,
+  ValueError for a wrong value, one message form);
+- ``triton.<family>``: the kernels, ``triton.common`` what the families share; ``reference`` /
+  ``reference_graph``: the pure-PyTorch versions (CPU fallback and test oracle).
 """
 
 from ._dispatch import BACKEND_NAMES, BackendUnavailableError
