@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Recorder, time_ms  # noqa: E402
 
 from morphonet.data import load_dataset  # noqa: E402
-from morphonet.structure import SchedulerConfig, create_multi_scale_network  # noqa: E402
-from morphonet.structure.trainer import grad_norm  # noqa: E402
+from morphonet.growth import SchedulerConfig, create_multi_scale_network  # noqa: E402
+from morphonet.growth.trainer import grad_norm  # noqa: E402
 
 
 def _loader(ds, gen, bs=32):

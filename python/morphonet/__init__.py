@@ -1,30 +1,31 @@
 """morphonet: what sparse structure to learn and when to change it.
 
-Models, trainers, schedules, growth and export build on the ops and layers of
-``morpho_kernels`` (never on its kernels directly).
+The shared skeleton sits at the top; one subpackage per seed system builds on it:
 
-- MorphoNet Pro (learned sigmoid masks W ⊙ σ(M/T)): `MorphoConfig`, `MorphoLinear`,
-  `MorphoConv`, `MorphoNetMLP`, `MorphoNetCNN`, `MorphoNetTransformer`, `create_morphonet`,
-  `MorphoTrainer`; export in `morphonet.export` (``shrink``, ``to_block_sparse``), pictures in
-  `morphonet.viz`, the comparison job in `morphonet.compare` (``morpho compare``).
-- Structure Net (networks that start minimal and grow): `MinimalNetwork`, `ExtremaDetector`,
-  `GrowthScheduler`, `ConnectionRouter`, `SnapshotManager`, `create_multi_scale_network`,
-  the RigL / SET / static peers (``morpho grow``).
-- Data: `load_dataset` (moons, blobs-5c, digits, MNIST-1D, all offline) and split helpers.
+- ``morphonet.config`` (`Config`, the one config style), ``morphonet.checks`` (the common
+  validations), ``morphonet.loop`` (`TrainLoop`, the one training loop, with `Hook` for
+  structure decisions), ``morphonet.files`` (atomic, checked files), ``morphonet.data``
+  (offline datasets and splits), ``morphonet.viz``, ``morphonet.cli`` (``morpho``);
+- ``morphonet.masks``: MorphoNet Pro, learned sigmoid masks W ⊙ σ(M/T) (seed import name
+  ``morphonet_pro``);
+- ``morphonet.growth``: Structure Net, first generation, networks that start minimal and grow
+  (seed import name ``structure_net``).
+
+Models, trainers, schedules, growth and export build on the ops and layers of
+``morpho_kernels`` (never on its kernels directly). The names most users need are importable
+from here.
 """
 
-from .config import MorphoConfig
+from .config import ACTIVATIONS, Config
 from .data import DATASETS, Dataset, Split, load_dataset, make_blobs, train_val_test_split
-from .layers import MorphoConv, MorphoLinear
-from .models import MorphoModel, MorphoNetCNN, MorphoNetMLP, create_morphonet
-from .structure import *  # noqa: F403
-from .structure import __all__ as _structure_all
-from .train import MorphoTrainer
-from .transformer import MorphoNetTransformer
+from .growth import *  # noqa: F403
+from .growth import __all__ as _growth_all
+from .loop import Callback, Hook, TrainLoop, accuracy, evaluate
+from .masks import *  # noqa: F403
+from .masks import __all__ as _masks_all
 
 __version__ = "0.1.0"
 
-__all__ = ["DATASETS", "Dataset", "MorphoConfig", "MorphoConv", "MorphoLinear", "MorphoModel",
-           "MorphoNetCNN", "MorphoNetMLP", "MorphoNetTransformer", "MorphoTrainer", "Split",
-           "create_morphonet", "load_dataset", "make_blobs", "train_val_test_split",
-           "__version__", *_structure_all]
+__all__ = ["ACTIVATIONS", "Callback", "Config", "DATASETS", "Dataset", "Hook", "Split",
+           "TrainLoop", "accuracy", "evaluate", "load_dataset", "make_blobs",
+           "train_val_test_split", "__version__", *_masks_all, *_growth_all]

@@ -1,16 +1,5 @@
 """``morphonet_pro``: the import name MorphoNet Pro's README uses (``from morphonet_pro import
-MorphoNetMLP, MorphoConfig, MorphoTrainer``). Everything here is `morphonet`'s."""
+MorphoNetMLP, MorphoConfig, MorphoTrainer``). Everything here is `morphonet.masks`'s."""
 
-from morphonet import (  # noqa: F401
-    MorphoConfig,
-    MorphoConv,
-    MorphoLinear,
-    MorphoNetCNN,
-    MorphoNetMLP,
-    MorphoNetTransformer,
-    MorphoTrainer,
-    create_morphonet,
-)
-
-__all__ = ["MorphoConfig", "MorphoConv", "MorphoLinear", "MorphoNetCNN", "MorphoNetMLP",
-           "MorphoNetTransformer", "MorphoTrainer", "create_morphonet"]
+from morphonet.masks import *  # noqa: F401,F403
+from morphonet.masks import __all__  # noqa: F401

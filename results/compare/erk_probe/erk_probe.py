@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from morphonet.compare import FULL_CASES, grid, run_morphonet
+from morphonet.masks.compare import FULL_CASES, grid, run_morphonet
 from morphonet.data import load_dataset
 
 

@@ -1,0 +1,130 @@
+"""Files morphonet writes and reads back: written atomically, read back checked.
+
+- `atomic_write`: write to a temporary file in the same directory, fsync, rename over the
+  target. A reader sees the old file or the new one, never half of one, whatever kills the
+  writer.
+- `write_checked` / `read_checked`: the same, with a one-line header holding the kind of file,
+  the payload's length and its SHA-256, so a truncated, damaged or foreign file raises
+  `CorruptFileError` naming the file and what is wrong, instead of a decoder's error from
+  deep inside loading.
+- `save_torch` / `load_torch`: ``torch.save`` objects in a checked file (loaded with
+  ``weights_only=True``); `write_json` / `read_json`: JSON written atomically, read with an
+  error that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["CorruptFileError", "atomic_write", "load_torch", "read_checked", "read_json",
+           "save_torch", "write_checked", "write_json"]
+
+_MAGIC = b"MORPHO1"
+
+
+class CorruptFileError(ValueError):
+    """A file morphonet wrote cannot be read back as what it should be; the message names the
+    file and what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike, why: str):
+        self.path, self.why = str(path), why
+        super().__init__(f"{self.path}: {why}")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = os.fspath(path)
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_checked(path: str | os.PathLike, data: bytes, kind: str) -> None:
+    """`atomic_write` of ``data`` behind a header line ``MORPHO1 <kind> <length> <sha256>``."""
+    if not kind.isidentifier():
+        raise ValueError(f"kind must be a simple name, got {kind!r}")
+    head = b"%s %s %d %s\n" % (_MAGIC, kind.encode(), len(data),
+                               hashlib.sha256(data).hexdigest().encode())
+    atomic_write(path, head + data)
+
+
+def read_checked(path: str | os.PathLike, kind: str) -> bytes:
+    """The payload of a file written by `write_checked` as ``kind``; `CorruptFileError` when
+    it is missing its header, of another kind, truncated or damaged."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise CorruptFileError(path, f"missing (expected a {kind} file)") from None
+    head, sep, data = raw.partition(b"\n")
+    parts = head.split(b" ")
+    if not sep or len(parts) != 4 or parts[0] != _MAGIC:
+        raise CorruptFileError(path, f"not a morpho {kind} file (no valid header)")
+    if parts[1].decode(errors="replace") != kind:
+        raise CorruptFileError(path, f"a {parts[1].decode(errors='replace')} file, expected "
+                                     f"a {kind} file")
+    try:
+        n = int(parts[2])
+    except ValueError:
+        raise CorruptFileError(path, "damaged header (length)") from None
+    if len(data) != n:
+        raise CorruptFileError(path, f"truncated or padded: {len(data)} bytes of payload, the "
+                                     f"header says {n}")
+    if hashlib.sha256(data).hexdigest().encode() != parts[3]:
+        raise CorruptFileError(path, "damaged: the SHA-256 of the payload does not match the "
+                                     "header")
+    return data
+
+
+def save_torch(path: str | os.PathLike, obj: Any, kind: str) -> int:
+    """``torch.save(obj)`` into a checked file (`write_checked`); returns the bytes written."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    write_checked(path, data, kind)
+    return len(data)
+
+
+def load_torch(path: str | os.PathLike, kind: str) -> Any:
+    """Inverse of `save_torch` (``weights_only=True``: tensors and plain Python values)."""
+    data = read_checked(path, kind)
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as e:  # checksum fine but not a torch payload: written by something else
+        raise CorruptFileError(path, f"payload is not a readable torch object ({e})") from e
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    """JSON, written atomically."""
+    atomic_write(path, json.dumps(obj, indent=indent).encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """JSON read back; `CorruptFileError` naming the file when it is missing, truncated or not
+    JSON."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise CorruptFileError(path, "missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(path, f"not valid JSON (truncated or damaged?): {e}") from e

@@ -1,0 +1,67 @@
+"""``morpho grow``: the Structure Net experiment from the command line.
+
+``add_grow_parser(subparsers)`` registers the subcommand on the ``morpho`` parser;
+``python -m morphonet.growth.cli grow ...`` runs it standalone through :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+
+def _grow(args: argparse.Namespace) -> int:
+    from .experiment import GrowExperimentConfig, run_grow_experiment
+
+    kw = dict(datasets=tuple(args.datasets), out_dir=args.out)
+    if args.seeds is not None:
+        kw["seeds"] = args.seeds
+    if args.hidden is not None:
+        kw["hidden"] = tuple(args.hidden)
+    cfg = GrowExperimentConfig.quick(**kw) if args.quick else GrowExperimentConfig(**kw)
+    if args.epochs is not None:
+        cfg.epochs = {d: args.epochs for d in cfg.datasets}
+    res = run_grow_experiment(cfg, progress=not args.no_progress)
+    from .experiment import format_table
+
+    print(format_table(res))
+    print(f"results in {cfg.out_dir}/ (results.json, table.md, timeline.png)")
+    return 0
+
+
+def add_grow_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``grow`` on an ``argparse`` subparsers object; returns the new parser (its
+    ``func`` default runs the experiment)."""
+    if not hasattr(subparsers, "add_parser"):
+        raise TypeError("subparsers must be the object returned by add_subparsers()")
+    p = subparsers.add_parser(
+        "grow", help="Structure Net: grow from <=0.1%% connectivity, compare with RigL/SET/static",
+        description="Structure Net on digits and MNIST-1D against RigL, SET and static sparse "
+                    "training at equal final density; writes results.json, table.md and "
+                    "timeline.png.")
+    p.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"],
+                   choices=["digits", "mnist1d"])
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; quick 2)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs for every dataset (default: digits 80, mnist1d 40)")
+    p.add_argument("--hidden", type=int, nargs="+", default=None,
+                   help="hidden widths (default 160 80)")
+    p.add_argument("--quick", action="store_true", help="short run (< 2 min on 2 CPU cores)")
+    p.add_argument("--out", default="results/grow", help="results directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_grow)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Standalone entry point: ``python -m morphonet.growth.cli grow [...]``."""
+    parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_grow_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
