@@ -156,7 +156,8 @@ def check_instance(name: str, v: Any, types: type | tuple[type, ...], *,
     if not isinstance(v, types):
         names = (" or ".join(t.__name__ for t in types) if isinstance(types, tuple)
                  else types.__name__)
-        raise TypeError(f"{name} must be {'None or ' if optional else ''}a {names}, got "
+        article = "an" if names[0].lower() in "aeiou" else "a"
+        raise TypeError(f"{name} must be {'None or ' if optional else ''}{article} {names}, got "
                         f"{type(v).__name__}")
     return v
 

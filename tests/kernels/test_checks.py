@@ -290,7 +290,7 @@ def test_check_instance():
     assert check_instance("x", None, torch.Tensor, optional=True) is None
     with pytest.raises(TypeError, match="^x must be a Tensor, got list$"):
         check_instance("x", [1.0], torch.Tensor)
-    with pytest.raises(TypeError, match="^x must be a int or str, got float$"):
+    with pytest.raises(TypeError, match="^x must be an int or str, got float$"):
         check_instance("x", 1.0, (int, str))
     with pytest.raises(TypeError, match="^x must be None or a Tensor, got int$"):
         check_instance("x", 1, torch.Tensor, optional=True)
