@@ -472,21 +472,36 @@ class TrainLoop:
             "history": self.history,
             "best": {"epoch": self.best_epoch, "value": self.best_value,
                      "state": self.best_state},
-            "hooks": [h.state_dict() for h in self.hooks],
+            "hooks": {k: st for k, h in self._hook_keys() if (st := h.state_dict())},
         }
 
+    def _hook_keys(self) -> list[tuple[str, Hook]]:
+        """Each hook with a key for its checkpoint state: its class name, numbered when the
+        loop has several of that class."""
+        seen: dict[str, int] = {}
+        out = []
+        for h in self.hooks:
+            name = type(h).__name__
+            seen[name] = seen.get(name, -1) + 1
+            out.append((f"{name}#{seen[name]}" if seen[name] else name, h))
+        return out
+
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restore a `state_dict`; returns the epoch it was taken after."""
-        if len(state["optimizers"]) != len(self.optimizers) or \
-                len(state["hooks"]) != len(self.hooks):
-            raise ValueError(f"the checkpoint holds {len(state['optimizers'])} optimizers and "
-                             f"{len(state['hooks'])} hooks, this loop has "
-                             f"{len(self.optimizers)} and {len(self.hooks)}")
+        """Restore a `state_dict`; returns the epoch it was taken after. Hooks are matched by
+        class name (hooks without state, such as callbacks, may differ)."""
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ValueError(f"the checkpoint holds {len(state['optimizers'])} optimizers, this "
+                             f"loop has {len(self.optimizers)}")
+        hooks = dict(self._hook_keys())
+        lost = sorted(set(state["hooks"]) - set(hooks))
+        if lost:
+            raise ValueError(f"the checkpoint holds the state of hooks {lost} that this loop "
+                             f"does not have (its hooks: {sorted(hooks)})")
         self.model.load_state_dict(state["model"])
         for o, s in zip(self.optimizers, state["optimizers"]):
             o.load_state_dict(s)
-        for h, s in zip(self.hooks, state["hooks"]):
-            h.load_state_dict(s)
+        for key, st in state["hooks"].items():
+            hooks[key].load_state_dict(st)
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
