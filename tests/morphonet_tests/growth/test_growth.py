@@ -229,18 +229,25 @@ def test_router_init_value_is_gradient_aligned_and_fan_in_scaled():
             indeg[j][t] += 1
 
 
-def test_router_live_first_prefers_targets_with_a_gradient():
-    # layer 2 → output only through neuron 0 of layer 2: the other low neurons of layer 2 are
-    # dead ends (zero gradient), the quiet output neurons are live
+def _one_path_net(logit: int, seed: int) -> MinimalNetwork:
+    """4 → 6 → 6 → 3 with one path to the logits: input 1 → neuron 0 of layer 2 → logit
+    ``logit``; one scored batch recorded (activations and ∂L/∂z)."""
     net = MinimalNetwork([4, 6, 6, 3], sparsity=0.0, min_edges_per_layer=0, seed=0)
-    net.add_connections(2, 3, torch.tensor([0]), torch.tensor([0]), 0.5)
+    net.add_connections(2, 3, torch.tensor([0]), torch.tensor([logit]), 0.5)
     net.add_connections(0, 2, torch.tensor([1]), torch.tensor([0]), 0.5)
     net.record_grads = True
-    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(seed))
     loss = torch.nn.functional.cross_entropy(net(x), torch.arange(8) % 3)
     torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad],
                         allow_unused=True)
     net.record_grads = False
+    return net
+
+
+def test_router_live_first_prefers_targets_with_a_gradient():
+    # layer 2 → output only through neuron 0 of layer 2: the other low neurons of layer 2 are
+    # dead ends (zero gradient), the quiet output neurons are live
+    net = _one_path_net(logit=0, seed=1)
     rep = _report(net, high={0: [0]}, low={2: [0, 1, 2, 3, 4, 5]}, quiet={3: [1, 2]})
     targets = {}
     for live in (False, True):
@@ -256,15 +263,7 @@ def test_router_live_first_prefers_targets_with_a_gradient():
 
 def test_router_complete_dead_ends_gives_every_dead_target_an_onward_edge():
     # only neuron 0 of layer 2 reaches the logits; every low neuron of layer 1 is a dead end
-    net = MinimalNetwork([4, 6, 6, 3], sparsity=0.0, min_edges_per_layer=0, seed=0)
-    net.add_connections(2, 3, torch.tensor([0]), torch.tensor([1]), 0.5)
-    net.add_connections(0, 2, torch.tensor([1]), torch.tensor([0]), 0.5)
-    net.record_grads = True
-    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(2))
-    loss = torch.nn.functional.cross_entropy(net(x), torch.arange(8) % 3)
-    torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad],
-                        allow_unused=True)
-    net.record_grads = False
+    net = _one_path_net(logit=1, seed=2)
     live = {j: (net.pre_grads[j] != 0).any(0) for j in (1, 2)}  # reference liveness
     assert not bool(live[1].any()) and live[2].nonzero().flatten().tolist() == [0]
     rep = _report(net, high={0: [0, 2]}, low={1: list(range(6))}, quiet={})

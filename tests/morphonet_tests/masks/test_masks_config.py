@@ -1,29 +1,13 @@
 """MorphoConfig: the seed's fields and defaults, validation, round trips."""
 
-from pathlib import Path
 
 import pytest
+from masks_data import SEED_DEFAULTS
 
 from morphonet import (
     MorphoConfig,
     MorphoNetMLP,
-    make_blobs,
 )
-
-SEED_FILE = next((Path(__file__).resolve().parents[3].parent / "shared" / "seeds").glob(
-    "000_*.txt"), None)
-
-SEED_DEFAULTS = dict(hidden_dims=[128, 64], network_type="mlp", sparse_init=0.4,
-                     target_sparsity=0.7, sparsity_loss=0.002, sparsity_schedule="cosine",
-                     weight_lr=0.001, mask_lr=0.02, weight_decay=0.01, epochs=100,
-                     batch_size=64, warmup_epochs=10, use_skip_connections=True,
-                     use_batchnorm=False, dropout=0.0, device="auto")
-
-
-def _blobs(n=300, seed=0):
-    x, y = make_blobs(n_samples=n, n_features=20, n_classes=5, spread=2.0, seed=seed)
-    return x, y
-
 
 # ---------------------------------------------------------------------------- config
 

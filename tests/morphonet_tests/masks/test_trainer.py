@@ -1,9 +1,9 @@
 """The schedules and MorphoTrainer: the enforced sparsity, per-layer budgets, model selection."""
 
-from pathlib import Path
 
 import pytest
 import torch
+from masks_data import blobs as _blobs
 
 from morphonet import (
     MorphoConfig,
@@ -11,7 +11,6 @@ from morphonet import (
     MorphoNetMLP,
     MorphoTrainer,
     create_morphonet,
-    make_blobs,
 )
 from morphonet.loop import evaluate
 from morphonet.masks.schedule import (
@@ -21,21 +20,6 @@ from morphonet.masks.schedule import (
     target_sparsity_at,
     temperature_at,
 )
-
-SEED_FILE = next((Path(__file__).resolve().parents[3].parent / "shared" / "seeds").glob(
-    "000_*.txt"), None)
-
-SEED_DEFAULTS = dict(hidden_dims=[128, 64], network_type="mlp", sparse_init=0.4,
-                     target_sparsity=0.7, sparsity_loss=0.002, sparsity_schedule="cosine",
-                     weight_lr=0.001, mask_lr=0.02, weight_decay=0.01, epochs=100,
-                     batch_size=64, warmup_epochs=10, use_skip_connections=True,
-                     use_batchnorm=False, dropout=0.0, device="auto")
-
-
-def _blobs(n=300, seed=0):
-    x, y = make_blobs(n_samples=n, n_features=20, n_classes=5, spread=2.0, seed=seed)
-    return x, y
-
 
 # ---------------------------------------------------------------------------- schedule / trainer
 
