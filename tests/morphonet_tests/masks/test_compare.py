@@ -151,3 +151,31 @@ def test_compare_dense_peer_mirrors_morphonet_layers(arch):
     y_dense = dense(x)
     torch.manual_seed(7)
     torch.testing.assert_close(y_dense, morpho(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_quick_run_trains_the_variants_validation_chose_in_the_full_run():
+    """`CHOSEN` (what `make demo` trains) is exactly what the recorded full run chose on
+    validation: the variant with the best mean validation accuracy, test never looked at."""
+    import json
+    from pathlib import Path
+
+    from morphonet.masks.compare import CHOSEN, FULL_CASES, METHODS, Case, grid, variants
+
+    record = Path(__file__).resolve().parents[3] / "results" / "compare" / "compare.json"
+    data = json.loads(record.read_text())
+    chosen = {(v["dataset"], v["arch"], v["method"]): v["variant"]
+              for v in data["variants"] if v["chosen"]}
+    assert set(chosen) == set(CHOSEN) == {(c.dataset, c.arch, m) for c in FULL_CASES
+                                          for m in METHODS}
+    for (ds, arch, method), i in CHOSEN.items():
+        assert grid(method, 100)[i][0] == chosen[(ds, arch, method)], (ds, arch, method)
+        # the recorded choice is the best mean validation accuracy of its group
+        group = {v["variant"]: v["val_acc"] for v in data["variants"]
+                 if (v["dataset"], v["arch"], v["method"]) == (ds, arch, method)}
+        assert group[chosen[(ds, arch, method)]] == max(group.values())
+    # at the quick run's 30 epochs the same grid position is trained, its window rescaled
+    case = Case("digits", "mlp", [128, 64], 0.88, 30)
+    (name, overrides), = variants(case, "morphonet", "chosen")
+    assert name == "prune window 2-9, batchnorm" and overrides["use_batchnorm"]
+    assert variants(case, "dense", "default") == [grid("dense", 30)[0]]
+    assert len(variants(case, "magnitude", "tune")) == 5
