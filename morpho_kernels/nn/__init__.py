@@ -6,6 +6,8 @@
   `expand_units`, `reduce_units` convert between unit- and weight-shaped tensors.
 - `BlockSparseLinear`, `GraphedRegrow` (block_sparse.py): live b×b blocks at fixed capacity.
 - `SparseLinear` (sparse.py): an edge list, work ∝ live connections.
+- `param_groups`, `mask_parameters`, `tied_with` (params.py): weight decay that leaves mask
+  logits alone, and the weight ties a converter must keep or refuse.
 """
 
 from .block_sparse import BlockSparseLinear, GraphedRegrow
@@ -21,8 +23,10 @@ from .masked import (
     reduce_units,
     unit_shape,
 )
+from .params import mask_parameters, param_groups, tied_with
 from .sparse import SparseLinear
 
 __all__ = ["BlockSparseLinear", "FROM_LINEAR_LOGIT", "GRANULARITIES", "GraphedRegrow",
            "INIT_DENSITY", "LearnedMask", "MASK_INIT", "MaskedLinear", "SparseLinear",
-           "check_granularity", "expand_units", "reduce_units", "unit_shape"]
+           "check_granularity", "expand_units", "mask_parameters", "param_groups",
+           "reduce_units", "tied_with", "unit_shape"]

@@ -99,7 +99,10 @@ class BlockSparseLinear(nn.Module):
         """Convert an ``nn.Linear``: keep the blocks of ``mask`` (an element mask of the
         weight's shape, a block live when any element is, or a (out/b, in/b) block mask), or
         the ``density`` fraction of blocks of largest L2 norm. Kept values are copied (masked
-        elements inside a kept block become zero); the bias is copied."""
+        elements inside a kept block become zero); the bias is copied. The block format holds
+        its own values, so a weight tied to another module is not shared by the result:
+        `morphonet.masks.to_block_sparse` converts a whole model and refuses tied layers by
+        name (`morpho_kernels.nn.tied_with` finds the ties)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         if (mask is None) == (density is None):

@@ -274,7 +274,9 @@ class MaskedLinear(LearnedMask, nn.Module):
         """A MaskedLinear computing (within 1% relative) what ``linear`` computes.
 
         Every mask value starts at σ(`FROM_LINEAR_LOGIT`) = 0.9975 ≥ 0.99 (element mask).
-        The weight and bias are copied.
+        The layer holds ``linear``'s very ``weight`` and ``bias`` Parameters (not copies), so
+        a weight tied elsewhere (a language model's output head and its token embedding)
+        stays tied, and an optimizer built on them keeps training them.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
@@ -282,11 +284,9 @@ class MaskedLinear(LearnedMask, nn.Module):
         w = linear.weight
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     device=w.device, dtype=w.dtype, temperature=t)
+        layer.weight, layer.bias = linear.weight, linear.bias  # the same tensors: ties survive
         with torch.no_grad():
-            layer.weight.copy_(w)
             layer.mask_logits.fill_(FROM_LINEAR_LOGIT * t)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
         return layer
 
     def to_linear(self) -> nn.Linear:

@@ -32,12 +32,15 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from morpho_kernels.nn import mask_parameters
 
 from .checks import check_instance, check_int, check_real
 from .files import load_torch, save_torch
@@ -228,6 +231,24 @@ class Callback(Hook):
 # ---------------------------------------------------------------------------- the loop
 
 
+def _warn_decayed_masks(model: nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Warn when an optimizer weight-decays mask logits: decay pulls every logit toward 0, i.e.
+    every mask value toward 0.5 (`morpho_kernels.nn.param_groups` builds the right groups)."""
+    masks = {id(p) for p in mask_parameters(model)}
+    if not masks:
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    for i, o in enumerate(optimizers):
+        for g in o.param_groups:
+            hit = [p for p in g["params"] if id(p) in masks]
+            if hit and g.get("weight_decay", 0):
+                warnings.warn(
+                    f"optimizers[{i}] applies weight_decay={g['weight_decay']} to {len(hit)} "
+                    f"mask-logit tensor(s) ({names.get(id(hit[0]), 'mask_logits')}, ...): decay "
+                    f"pulls every mask value toward 0.5; build the optimizer's groups with "
+                    f"morpho_kernels.nn.param_groups(model, weight_decay)", stacklevel=3)
+
+
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -293,8 +314,7 @@ class TrainLoop:
                              else merge_single_batch)
         self.progress, self.log = progress, log
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
-        # clipping groups: each optimizer's parameters (objects fixed for the loop's life)
-        self._clip = [[p for g in o.param_groups for p in g["params"]] for o in opts]
+        _warn_decayed_masks(model, opts)
         self.epoch, self.global_step, self.elapsed = -1, 0, 0.0
         self.history: list[dict[str, Any]] = []
         self.best_epoch: Optional[int] = None
@@ -305,6 +325,11 @@ class TrainLoop:
     @property
     def device(self) -> torch.device:
         return _device_of(self.model)
+
+    def clip_groups(self) -> list[list[Tensor]]:
+        """Each optimizer's parameters (clipped together); read at every step, so a
+        structural edit that swaps a parameter into an optimizer is followed."""
+        return [[p for g in o.param_groups for p in g["params"]] for o in self.optimizers]
 
     # ------------------------------------------------------------------ one step
 
@@ -326,7 +351,7 @@ class TrainLoop:
             opt.zero_grad(set_to_none=True)
         full.backward()
         if self.grad_clip > 0:
-            for params in self._clip:
+            for params in self.clip_groups():
                 nn.utils.clip_grad_norm_(params, self.grad_clip)
         for opt in self.optimizers:
             opt.step()

@@ -124,3 +124,70 @@ def test_convergence_matches_reference_path(backend_name, backend):
     got = _train(backend_name, device)
     assert want[-1] < want[0] * 0.7  # it does learn
     torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=2e-4, rtol=2e-4)
+
+
+class _TiedLM(nn.Module):
+    """GPT-style: the output head is the token embedding (one tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok_emb = nn.Embedding(50, 16)
+        self.proj = nn.Linear(16, 16)
+        self.lm_head = nn.Linear(16, 50, bias=False)
+        self.lm_head.weight = self.tok_emb.weight
+
+    def forward(self, ids):
+        return self.lm_head(torch.relu(self.proj(self.tok_emb(ids))))
+
+
+def test_from_linear_keeps_the_users_parameters_so_ties_survive():
+    torch.manual_seed(0)
+    model = _TiedLM()
+    n_params = sum(p.numel() for p in model.parameters())
+    model.lm_head = MaskedLinear.from_linear(model.lm_head)
+    model.proj = MaskedLinear.from_linear(model.proj)
+    assert model.lm_head.weight is model.tok_emb.weight  # the very same Parameter
+    # only the mask logits are new parameters
+    masks = mk.nn.mask_parameters(model)
+    assert sum(p.numel() for p in model.parameters()) == n_params + sum(
+        p.numel() for p in masks)
+    opt = torch.optim.AdamW(mk.nn.param_groups(model, weight_decay=0.1), lr=1e-2)
+    ids = torch.randint(0, 50, (4, 7))
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(model(ids).reshape(-1, 50), ids.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert mk.nn.tied_with(model, "lm_head") == {"weight": ["tok_emb.weight"]}
+    assert mk.nn.tied_with(model, "proj") == {}
+
+
+def test_param_groups_keep_mask_logits_out_of_weight_decay():
+    torch.manual_seed(0)
+    model = nn.Sequential(MaskedLinear(6, 8), nn.LayerNorm(8),
+                          MaskedLinear(8, 3, granularity="block", block_size=16))
+    decay, no_decay = mk.nn.param_groups(model, weight_decay=0.1, lr=1e-3)
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(decay["params"]) == {id(model[0].weight), id(model[2].weight)}
+    assert ids(mk.nn.mask_parameters(model)) <= ids(no_decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["lr"] == no_decay["lr"] == 1e-3
+    # what decay alone does to a logit of 6 in 300 AdamW steps (lr 1e-3, wd 0.1), and what
+    # the groups prevent (the loss gives the logits a zero gradient: only decay moves them)
+    drops = {}
+    x = torch.randn(3, 4)
+    for use_groups in (False, True):
+        torch.manual_seed(0)
+        layer = MaskedLinear(4, 4)
+        with torch.no_grad():
+            layer.mask_logits.fill_(6.0)
+        params = mk.nn.param_groups(layer, 0.1) if use_groups else layer.parameters()
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+        for _ in range(300):
+            opt.zero_grad()
+            (layer(x).sum() * 0).backward()
+            opt.step()
+        drops[use_groups] = 6.0 - float(layer.mask_logits.mean())
+    assert drops[False] == pytest.approx(6.0 * (1 - (1 - 1e-4) ** 300), rel=1e-3)  # 0.177 (fp32)
+    assert drops[True] == 0.0

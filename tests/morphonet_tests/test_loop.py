@@ -81,7 +81,7 @@ def test_penalty_joins_the_loss_and_clipping_is_per_optimizer():
     class Grads(Hook):
         def on_step_end(self, loop):
             norms.append([torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in g]))
-                          for g in loop._clip])
+                          for g in loop.clip_groups()])
 
     opts = [torch.optim.SGD(a.parameters(), lr=0.0), torch.optim.SGD(b.parameters(), lr=0.0)]
     x, y = _data(8, 3)
@@ -221,3 +221,18 @@ def test_bad_arguments_are_named():
         TrainLoop(model, opt, grad_clip=-1.0)
     with pytest.raises(ValueError, match="no batch"):
         TrainLoop(model, opt).run_epoch([], 0)
+
+
+def test_the_loop_warns_when_an_optimizer_decays_mask_logits():
+    from morpho_kernels.nn import MaskedLinear, param_groups
+
+    model = nn.Sequential(MaskedLinear(4, 8), nn.ReLU(), MaskedLinear(8, 2))
+    with pytest.warns(UserWarning, match=r"optimizers\[0\] applies weight_decay=0.01 to 2 "
+                                         r"mask-logit tensor\(s\) \(0.mask_logits"):
+        TrainLoop(model, torch.optim.AdamW(model.parameters(), lr=1e-3))  # the common recipe
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainLoop(model, torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3))
+        TrainLoop(model, torch.optim.Adam(model.parameters(), lr=1e-3))  # no decay at all

@@ -26,10 +26,10 @@ from torch import nn
 
 from morpho_kernels.checks import check_choice, check_fraction
 from morpho_kernels.formats import BLOCK_SIZES
-from morpho_kernels.nn import BlockSparseLinear, MaskedLinear
+from morpho_kernels.nn import BlockSparseLinear, MaskedLinear, tied_with
 
-__all__ = ["convert_layer", "dense_linear", "fold_rows", "live_connections", "norm_rows",
-           "shrink", "to_block_sparse"]
+__all__ = ["check_untied", "convert_layer", "dense_linear", "fold_rows", "live_connections",
+           "norm_rows", "shrink", "to_block_sparse"]
 
 
 def live_connections(layer: MaskedLinear, threshold: Optional[float] = None) -> torch.Tensor:
@@ -77,6 +77,21 @@ def convertible(layer: nn.Module) -> bool:
     return isinstance(layer, MaskedLinear) and layer.granularity != "neuron"
 
 
+def check_untied(model: nn.Module, name: str) -> None:
+    """ValueError naming both sides when the layer ``name`` shares its weight or bias with
+    another module (weight tying, e.g. a language model's head and its token embedding): a
+    `BlockSparseLinear` holds its own values, so converting the layer would silently untie
+    them."""
+    ties = tied_with(model, name)
+    if ties:
+        pname, others = next(iter(ties.items()))
+        raise ValueError(
+            f"{name}.{pname} is tied to {', '.join(others)} (the same tensor): a "
+            f"BlockSparseLinear holds its own values, so converting {name} would untie them; "
+            f"keep {name} dense, or untie it first "
+            f"(model.{name}.{pname} = nn.Parameter(model.{name}.{pname}.detach().clone()))")
+
+
 def block_of(layer: nn.Module, block_size: Optional[int]) -> int:
     """The block size to convert ``layer`` with: ``block_size``, else the layer's own (a
     block-masked layer), else an error."""
@@ -101,14 +116,20 @@ def to_block_sparse(model: nn.Module, block_size: Optional[int] = None,
         threshold: None (default): keep every connection not hard-pruned (exact); a number in
             (0, 1): also drop those whose mask value σ(M/T) is at or below it.
         inplace: modify ``model`` instead of a deep copy.
+
+    A layer whose weight or bias is tied to another module's is refused with an error naming
+    both (`check_untied`), before anything is converted.
     """
     if block_size is not None:
         check_choice("block_size", block_size, BLOCK_SIZES)
     if threshold is not None:
         threshold = check_fraction("threshold", threshold, lo_open=True, hi_open=True)
-    out = model if inplace else copy.deepcopy(model)
+    out = model if inplace else copy.deepcopy(model)  # a deep copy keeps ties as ties
     if convertible(out):
         return convert_layer(out, block_of(out, block_size), threshold)
+    for qname, m in out.named_modules():
+        if convertible(m):
+            check_untied(out, qname)
     converted = 0
     for m in list(out.modules()):
         if hasattr(m, "to_block_sparse_"):  # modules that convert themselves first

@@ -211,3 +211,27 @@ def test_export_transformer_clear_errors():
         m(torch.ones(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):
         to_block_sparse(m)
+
+
+def test_export_refuses_a_tied_layer_naming_both_sides():
+    """A BlockSparseLinear holds its own values: converting a layer whose weight is tied to
+    another module (an LM head and its embedding) would silently untie them."""
+    torch.manual_seed(0)
+
+    class TiedLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(32, 32)
+            self.mid = MaskedLinear(32, 32)
+            self.head = MaskedLinear.from_linear(nn.Linear(32, 32, bias=False))
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.mid(self.emb(ids))))
+
+    model = TiedLM()
+    with pytest.raises(ValueError, match=r"head\.weight is tied to emb\.weight"):
+        to_block_sparse(model, block_size=16)
+    model.head.weight = nn.Parameter(model.head.weight.detach().clone())  # untied by the user
+    ids = torch.randint(0, 32, (3, 5))
+    torch.testing.assert_close(to_block_sparse(model, block_size=16)(ids), model(ids))

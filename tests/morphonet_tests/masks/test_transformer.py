@@ -364,3 +364,14 @@ def test_state_dict_round_trip(tmp_path):
     assert (m2.n_live(), m2.count_params()) == (m.n_live(), m.count_params())
     for layer in m2.layers:  # the seed's visualisation loop
         assert layer.get_mask(hard=True).dim() == 2
+
+
+def test_mask_parameters_include_the_head_gates():
+    from morpho_kernels.nn import mask_parameters, param_groups
+
+    m = MorphoNetTransformer(_cfg(n_classes=2, d_model=16, n_heads=2, n_layers=1), vocab_size=10)
+    masks = {id(p) for p in mask_parameters(m)}
+    assert id(m.blocks[0].attn.head_gates.mask_logits) in masks
+    assert masks == {id(p) for n, p in m.named_parameters() if n.endswith("mask_logits")}
+    decay, no_decay = param_groups(m, 0.1)
+    assert not masks & {id(p) for p in decay["params"]}
