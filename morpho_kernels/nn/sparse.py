@@ -10,7 +10,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_fraction, check_int
+from ..checks import check_fraction, check_int, check_real
 from ..formats import EdgeList
 from ..ops.edges import EdgeUpdate, InsertReport, insert_connections, remove_connections
 from ..ops.sparse_linear import dense_grad_at, sparse_linear
@@ -25,6 +25,9 @@ class SparseLinear(nn.Module):
             (ignored when ``edges`` is given).
         edges: an explicit EdgeList (its capacity sets the values' length).
         capacity: spare slots to reserve (at least the number of edges).
+        growth_factor: when `grow` needs more slots than the capacity, the capacity becomes
+            at least ``growth_factor`` times what it was (amortised growth: a run that keeps
+            growing reallocates a logarithmic number of times, not at every event).
 
     Buffers ``row_ptr`` and ``col`` hold the structure (saved in the state dict); the parameter
     ``values`` has one entry per slot (spare slots are 0 and get gradient 0). Values start
@@ -36,8 +39,9 @@ class SparseLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
                  dtype=None, density: float = 0.01, edges: Optional[EdgeList] = None,
-                 capacity: Optional[int] = None):
+                 capacity: Optional[int] = None, growth_factor: float = 2.0):
         super().__init__()
+        self.growth_factor = check_real("growth_factor", growth_factor, 1)
         in_features = check_int("in_features", in_features, 0)
         out_features = check_int("out_features", out_features, 0)
         density = check_fraction("density", density)
@@ -114,7 +118,10 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, density: float,
                     capacity: Optional[int] = None) -> SparseLinear:
-        """Keep the ``density`` fraction of ``linear``'s weights of largest magnitude."""
+        """Keep the ``density`` fraction of ``linear``'s weights of largest magnitude. Values and
+        bias are copied (an edge list holds its own values, so a weight tied to another
+        module is not shared by the result; `morpho_kernels.nn.tied_with` finds the ties
+        of a layer in its model)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         density = check_fraction("density", density)
@@ -145,18 +152,40 @@ class SparseLinear(nn.Module):
 
     # -- structural edits
     def _apply_update(self, upd: EdgeUpdate, optimizer: Optional[torch.optim.Optimizer]) -> None:
-        old_cap = self.values.numel()
-        if optimizer is not None:
-            state = optimizer.state.get(self.values)
-            for key, t in list((state or {}).items()):
-                if isinstance(t, Tensor) and t.shape == (old_cap,):
-                    state[key] = upd.remap(t)  # moments of new slots start at 0
-        with torch.no_grad():
-            self.values.data = upd.values.to(self.values.dtype)
-            if self.values.grad is not None:
-                self.values.grad = upd.remap(self.values.grad)
+        old = self.values
+        new_values = upd.values.to(old.dtype)
+        if new_values.shape == old.shape:  # same capacity: in place, the Parameter stays
+            if optimizer is not None:
+                _remap_state(optimizer.state.get(old), upd, old.numel())
+            with torch.no_grad():
+                old.data = new_values
+                if old.grad is not None:
+                    old.grad = upd.remap(old.grad)
+        else:  # a new capacity: a new Parameter, swapped into the optimizer
+            new = nn.Parameter(new_values, requires_grad=old.requires_grad)
+            if old.grad is not None:
+                new.grad = upd.remap(old.grad)
+            if optimizer is not None:
+                _swap_param(optimizer, old, new, upd)
+            self.values = new
         self.row_ptr, self.col = upd.edges.row_ptr, upd.edges.col
         self._edges_cache = upd.edges
+
+    def reserve(self, capacity: int, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+        """Make room for ``capacity`` connections (spare slots, values 0); nothing changes when
+        the capacity is already that large. Like a growth beyond the capacity, this makes
+        ``values`` a new Parameter: pass the optimizer that holds it."""
+        capacity = check_int("capacity", capacity, 0)
+        e = self.edges
+        if capacity <= e.capacity:
+            return
+        pad = capacity - e.capacity
+        col = torch.cat([e.col, e.col.new_zeros(pad)])
+        edges = EdgeList(e.row_ptr, col, e.in_features, validate=False)
+        old_to_new = torch.arange(e.nnz, device=e.device)
+        values = torch.cat([self.values.detach(), self.values.new_zeros(pad)])
+        self._apply_update(EdgeUpdate(edges, values, old_to_new,
+                                      old_to_new.new_empty(0), None), optimizer)
 
     def grow(self, src: Tensor, dst: Tensor, init_values: Union[Tensor, float] = 0.0,
              max_fan_in: Optional[int] = None, max_fan_out: Optional[int] = None,
@@ -165,12 +194,19 @@ class SparseLinear(nn.Module):
         gradient and the optimizer's per-value state (Adam/AdamW moments, SGD momentum) move
         with their edges, new slots start at ``init_values`` with zero state.
 
-        ``values`` may be replaced by a longer tensor when the capacity grows: run every
-        pending backward and drop references to graphs built on the old values (e.g. the last
-        step's ``loss``) before growing, or backward fails with a gradient-shape mismatch
-        ("got [new capacity] but expected [old capacity]")."""
+        Within the capacity, ``values`` keeps its Parameter and its shape. Beyond it, the
+        capacity grows by ``growth_factor`` (at least to what the new edges need) and
+        ``values`` becomes a new, longer Parameter, swapped into ``optimizer`` (its state
+        moved along): pass the optimizer that holds ``values``, or it keeps training the old
+        tensor. A graph built on the old values (the previous step's ``loss``, still held) is
+        left on the old Parameter, so the next step's backward works.
+        """
         if isinstance(init_values, Tensor):
             init_values = init_values.to(self.values.dtype)
+        e = self.edges
+        need = e.nnz + int(torch.as_tensor(src).numel())  # at most: duplicates are rejected
+        if need > e.capacity:
+            self.reserve(max(need, math.ceil(e.capacity * self.growth_factor)), optimizer)
         upd = insert_connections(self.edges, src, dst, init_values, max_fan_in, max_fan_out,
                                  values=self.values.detach())
         self._apply_update(upd, optimizer)
@@ -190,3 +226,28 @@ class SparseLinear(nn.Module):
             raise RuntimeError("dense_grad_at needs keep_for_growth = True and a forward and "
                                "backward pass first")
         return dense_grad_at(self._x, self._dy, src, dst)
+
+
+def _remap_state(state: Optional[dict], upd: EdgeUpdate, old_capacity: int) -> None:
+    """Move an optimizer's per-value state tensors (moments) with their edges, in place in the
+    state dict; new slots start at 0."""
+    for key, t in list((state or {}).items()):
+        if isinstance(t, Tensor) and t.shape == (old_capacity,):
+            state[key] = upd.remap(t)
+
+
+def _swap_param(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter,
+                upd: EdgeUpdate) -> None:
+    """Put ``new`` where ``old`` is in the optimizer's groups, with ``old``'s state moved
+    along; a ValueError when the optimizer does not hold ``old``."""
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old:
+                group["params"][i] = new
+                state = optimizer.state.pop(old, None)
+                if state is not None:
+                    _remap_state(state, upd, old.numel())
+                    optimizer.state[new] = state
+                return
+    raise ValueError("optimizer does not hold this layer's values: pass the optimizer that "
+                     "trains them")

@@ -253,3 +253,47 @@ def test_cuda_matches_truth(dtype, tokens, n, k, density, backend):
                                          torch.tensor([n - 1, 0]))
     torch.testing.assert_close(g.cpu().double(), want, rtol=3e-2,
                                atol=3e-2 * float(want.abs().max()))
+
+
+def test_growth_beyond_capacity_is_safe_in_a_loop_that_holds_the_last_loss():
+    """Many loops keep the previous step's ``loss`` alive while the structure changes. Growth
+    beyond the capacity gives ``values`` a new, longer Parameter (amortised: at least twice
+    the capacity), swaps it into the optimizer with its moments moved; the held graph stays on
+    the old Parameter, so the next backward works (it failed one step later with a shape
+    mismatch when the Parameter's .data was swapped)."""
+    torch.manual_seed(0)
+    layer = SparseLinear(8, 6, density=0.25)
+    opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+    x = torch.randn(5, 8)
+    loss = layer(x).square().sum()
+    loss.backward()
+    opt.step()
+    old, cap = layer.values, layer.values.numel()
+    assert layer.edges.nnz == cap  # no spare slot yet
+    state = {k: v.clone() for k, v in opt.state[old].items()
+             if torch.is_tensor(v) and v.shape == old.shape}
+    before = dict(zip(zip(*[t.tolist() for t in layer.edges.to_coo()]), range(cap)))
+    rep = layer.grow(torch.arange(8).repeat(2), torch.arange(16) % 6, 0.0, optimizer=opt)
+    assert rep.inserted > 0 and layer.edges.nnz > cap  # it outgrew the capacity
+    assert layer.values is not old and layer.values.numel() >= 2 * cap
+    held = [p for g in opt.param_groups for p in g["params"]]
+    assert any(p is layer.values for p in held) and not any(p is old for p in held)
+    after = list(zip(*[t.tolist() for t in layer.edges.to_coo()]))
+    for key, moment in state.items():  # moments moved with their edges, new ones start at 0
+        new_m = opt.state[layer.values][key]
+        for slot, edge in enumerate(after):
+            expect = moment[before[edge]] if edge in before else 0.0
+            assert float(new_m[slot]) == float(expect), (key, edge)
+    prev_loss = loss  # noqa: F841  (held on purpose, as a loop would)
+    loss = layer(x).square().sum()
+    opt.zero_grad()
+    loss.backward()  # the held graph does not break it
+    w0 = layer.values.detach().clone()
+    opt.step()
+    assert not torch.equal(layer.values.detach(), w0)  # the optimizer trains the new tensor
+    # within the (grown) capacity nothing is reallocated
+    keep = layer.values
+    free = [(s, d) for s in range(8) for d in range(6)
+            if (s, d) not in set(zip(*[t.tolist() for t in layer.edges.to_coo()]))]
+    layer.grow(torch.tensor([free[0][0]]), torch.tensor([free[0][1]]), optimizer=opt)
+    assert layer.values is keep

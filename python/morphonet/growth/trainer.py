@@ -88,6 +88,8 @@ class GrowthHook(Hook):
             m._snapshot(epoch, reason="growth")
             t0 = time.perf_counter()
             res = m._grow_recorded(epoch, loop.optimizers[0])
+            # growth beyond a layer's capacity swaps in a longer values Parameter
+            self.params = list(net.parameters())
             dt = time.perf_counter() - t0
             self.book += dt
             m.timing["growth_s"] += dt
