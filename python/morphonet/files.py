@@ -10,6 +10,9 @@
 - `save_torch` / `load_torch`: ``torch.save`` objects in a checked file (loaded with
   ``weights_only=True``); `write_json` / `read_json`: JSON written atomically, read with an
   error that names the file.
+- `append_record` / `read_records`: an append-only log of JSON records (a long job's finished
+  runs), one line each with its own checksum; a line a kill cut short is left out (with a
+  warning), any other damage raises `CorruptFileError` naming the file and the line.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import torch
 
-__all__ = ["CorruptFileError", "atomic_write", "load_torch", "read_checked", "read_json",
-           "save_torch", "write_checked", "write_json"]
+__all__ = ["CorruptFileError", "append_record", "atomic_write", "load_torch", "read_checked",
+           "read_json", "read_records", "save_torch", "write_checked", "write_json"]
 
 _MAGIC = b"MORPHO1"
 
@@ -128,3 +132,42 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CorruptFileError(path, "missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptFileError(path, f"not valid JSON (truncated or damaged?): {e}") from e
+
+
+def _line_sum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def append_record(path: str | os.PathLike, record: Any) -> None:
+    """Append ``record`` as one JSON line followed by its checksum, flushed to disk."""
+    text = json.dumps(record, separators=(",", ":"))
+    with open(path, "a") as f:
+        f.write(f"{text}\t{_line_sum(text)}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str | os.PathLike) -> list[Any]:
+    """The records of an `append_record` log. A last line without its newline (cut short by a
+    kill) is left out with a warning; a damaged line anywhere raises `CorruptFileError` naming
+    the file and the line."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise CorruptFileError(path, "missing") from None
+    lines = text.split("\n")
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line:
+            continue
+        body, tab, check = line.rpartition("\t")
+        if tab and _line_sum(body) == check:
+            out.append(json.loads(body))
+        elif i == len(lines):  # no newline after it: the write was cut short
+            warnings.warn(f"{path}: line {i} was cut short (an interrupted write); left out",
+                          stacklevel=2)
+        else:
+            raise CorruptFileError(path, f"line {i} is damaged (its checksum does not match)")
+    return out

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _plt():
     import matplotlib
@@ -20,11 +18,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _as_matrix(mask: torch.Tensor) -> torch.Tensor:
-    """(out, in) for linear layers; conv masks (out, in, *taps) become (out, in·taps)."""
-    return mask.reshape(mask.shape[0], -1) if mask.dim() > 2 else mask.reshape(mask.shape[0], -1)
 
 
 def plot_connectivity(model: Any, out_dir: str | Path, prefix: str = "layer",
@@ -37,7 +30,7 @@ def plot_connectivity(model: Any, out_dir: str | Path, prefix: str = "layer",
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, layer in enumerate(model.masked_layers()):
-        m = _as_matrix(layer.get_mask(hard=hard).float().cpu()).numpy()
+        m = layer.mask_matrix(hard=hard).float().cpu().numpy()  # conv: (out, in·taps)
         live = float((~layer.pruned_units()).float().mean()) if layer.mask_logits.numel() else 0.0
         fig, ax = plt.subplots(figsize=(8, 6))
         im = ax.imshow(m, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto",

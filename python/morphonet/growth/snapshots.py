@@ -15,13 +15,16 @@ difference, and mostly zero high bits so it compresses well); biases likewise by
 masks in full. Loading id k replays the chain from the full snapshot: the result is
 bit-identical to the network that was saved. Every file (snapshot and index) is written to a
 temporary file in the same directory and moved into place with ``os.replace``, so a crash never
-leaves a half-written snapshot under its final name.
+leaves a half-written snapshot under its final name; each snapshot file carries its length and
+SHA-256 (`morphonet.files.write_checked`), and the index records the SHA-256 too, so a
+truncated, damaged or swapped file, or a damaged index, raises `morphonet.files.CorruptFileError`
+naming the file and what is wrong.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-import json
 import os
 import zlib
 from collections.abc import Sequence
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..checks import check_instance, check_int, check_real
-from ..files import atomic_write
+from ..files import CorruptFileError, read_checked, read_json, write_checked, write_json
 from .network import MinimalNetwork, NetworkConfig
 
 _INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
@@ -105,7 +108,7 @@ class SnapshotManager:
         self.min_improvement = check_real("min_improvement", min_improvement, 0)
         os.makedirs(self.root, exist_ok=True)
         ipath = os.path.join(self.root, "index.json")
-        self.index: list[dict] = json.load(open(ipath)) if os.path.exists(ipath) else []
+        self.index: list[dict] = _read_index(ipath) if os.path.exists(ipath) else []
         self._cache: dict[int, dict[str, Tensor]] = {}
         self._last: Optional[dict[str, Tensor]] = (self.load_state(self.index[-1]["id"])
                                                    if self.index else None)
@@ -129,7 +132,7 @@ class SnapshotManager:
             raise ValueError(f"phase must be a simple name, got {phase!r}")
         cpath = os.path.join(self.root, "config.json")
         if not os.path.exists(cpath):
-            atomic_write(cpath, json.dumps(net.config.to_dict()).encode())
+            write_json(cpath, net.config.to_dict(), indent=None)
         state = net.structure_state()
         sid = len(self.index)
         payload = ({"full": state} if self._last is None else
@@ -138,23 +141,29 @@ class SnapshotManager:
         torch.save(payload, buf)
         data = zlib.compress(buf.getvalue(), 6)
         rel = os.path.join(phase, f"snap_{sid:04d}.bin")
-        atomic_write(os.path.join(self.root, rel), data)
+        write_checked(os.path.join(self.root, rel), data, "snapshot")
         self.index.append({"id": sid, "phase": phase, "epoch": int(epoch), "reason": reason,
                            "val_acc": val_acc, "path": rel,
                            "base": None if self._last is None else sid - 1,
-                           "bytes": len(data),
+                           "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                            "full_bytes": sum(t.numel() * t.element_size()
                                              for t in state.values())})
-        atomic_write(os.path.join(self.root, "index.json"),
-                      json.dumps(self.index, indent=1).encode())
+        write_json(os.path.join(self.root, "index.json"), self.index)
         self._last = state
         self._cache[sid] = state
         return sid
 
     def _read(self, sid: int) -> dict:
         e = self.index[sid]
-        with open(os.path.join(self.root, e["path"]), "rb") as f:
-            return torch.load(io.BytesIO(zlib.decompress(f.read())), weights_only=True)
+        path = os.path.join(self.root, e["path"])
+        data = read_checked(path, "snapshot")
+        if e.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+            raise CorruptFileError(path, f"not snapshot {sid} of {self.root}/index.json (its "
+                                         f"SHA-256 differs from the one the index recorded)")
+        try:
+            return torch.load(io.BytesIO(zlib.decompress(data)), weights_only=True)
+        except Exception as e:  # checksum fine, payload unreadable: written by something else
+            raise CorruptFileError(path, f"payload is not a readable snapshot ({e})") from e
 
     def load_state(self, sid: int) -> dict[str, Tensor]:
         """The exact structure_state of snapshot ``sid`` (replays the delta chain)."""
@@ -175,8 +184,13 @@ class SnapshotManager:
 
     def config(self) -> NetworkConfig:
         """The saved network configuration."""
-        with open(os.path.join(self.root, "config.json")) as f:
-            return NetworkConfig.from_dict(json.load(f))
+        path = os.path.join(self.root, "config.json")
+        try:
+            return NetworkConfig.from_dict(read_json(path))
+        except (TypeError, ValueError) as e:
+            if isinstance(e, CorruptFileError):
+                raise
+            raise CorruptFileError(path, f"not a network configuration ({e})") from e
 
     def load(self, sid: int) -> MinimalNetwork:
         """A MinimalNetwork equal, bit for bit, to the one saved as ``sid``."""
@@ -206,3 +220,26 @@ class SnapshotManager:
     def ensemble_accuracy(self, ids: Sequence[int], x: Tensor, y: Tensor) -> float:
         """Accuracy of ensemble_predict on (x, y)."""
         return float((self.ensemble_predict(ids, x).argmax(1) == y).float().mean())
+
+
+_INDEX_KEYS = ("id", "phase", "epoch", "reason", "val_acc", "path", "base")
+
+
+def _read_index(path: str) -> list[dict]:
+    """index.json read back and checked: a list of entries with ids 0, 1, … in order, each
+    with its keys and a base that is an earlier snapshot; `CorruptFileError` naming the file
+    and the first thing wrong."""
+    index = read_json(path)
+    if not isinstance(index, list):
+        raise CorruptFileError(path, f"not a snapshot index (a {type(index).__name__}, not a "
+                                     f"list)")
+    for i, e in enumerate(index):
+        if not isinstance(e, dict) or any(k not in e for k in _INDEX_KEYS):
+            missing = [k for k in _INDEX_KEYS if not isinstance(e, dict) or k not in e]
+            raise CorruptFileError(path, f"entry {i} lacks {missing}")
+        if e["id"] != i or not (e["base"] is None or (isinstance(e["base"], int)
+                                                      and 0 <= e["base"] < i)):
+            raise CorruptFileError(path, f"entry {i} has id {e['id']!r} and base "
+                                         f"{e['base']!r} (ids must run 0, 1, ... and a base "
+                                         f"must be an earlier snapshot)")
+    return index

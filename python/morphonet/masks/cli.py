@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+from ..files import append_record
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -24,12 +25,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _render(cmp, out: Path) -> int:
-    """Rewrite compare.md / compare.json of an earlier run from its compare.json (no training)."""
-    path = out / "compare.json"
-    if not path.exists():
+    """Rewrite compare.md / compare.json of an earlier run from its compare.json, or from the
+    runs an interrupted run finished (runs.partial.jsonl); no training."""
+    path, partial = out / "compare.json", out / "runs.partial.jsonl"
+    if path.exists():
+        results, meta = cmp.load_runs(path)
+    elif partial.exists():
+        results = cmp.load_partial(partial)
+        meta = {"command": f"(interrupted run: the {len(results)} runs it finished)"}
+        print(f"no {path}: rendering the {len(results)} runs {partial} holds", file=sys.stderr)
+    else:
         print(f"--render: no {path} (run `morpho compare --out {out}` first)", file=sys.stderr)
         return 2
-    results, meta = cmp.load_runs(path)
     md, js = cmp.write_outputs(results, out, meta)
     rows = cmp.summarise(cmp.select(results)[0])
     print(cmp.markdown_table(rows) + "\n")
@@ -76,8 +83,7 @@ def _compare(args: argparse.Namespace) -> int:
     partial.unlink(missing_ok=True)
 
     def keep(r) -> None:
-        with partial.open("a") as f:
-            f.write(json.dumps(asdict(r)) + "\n")
+        append_record(partial, asdict(r))
 
     results = cmp.compare(cases, seeds, on_result=keep, mode=mode)
     meta = {"command": command.strip(), "seconds": time.perf_counter() - t0, "tuned": tune,

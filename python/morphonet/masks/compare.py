@@ -25,7 +25,6 @@ parameters (never mask logits).
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from morpho_kernels.checks import check_choice
 
 from ..config import ACTIVATIONS, Config, int_list, ints, one_of, reals, setting
 from ..data import DATASETS, Dataset, load_dataset
+from ..files import CorruptFileError, atomic_write, read_json, read_records, write_json
 from ..loop import TrainLoop, accuracy
 from .config import MorphoConfig
 from .models import MorphoNetCNN, MorphoNetMLP
@@ -533,12 +533,28 @@ def variants_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def load_runs(path: Path) -> tuple[list[RunResult], dict[str, Any]]:
-    """(every run, meta) of a ``compare.json`` written by `write_outputs`."""
-    data = json.loads(Path(path).read_text())
+def _run_result(r: Any, path: Path, where: str) -> RunResult:
     names = RunResult.__dataclass_fields__
-    return [RunResult(**{k: v for k, v in r.items() if k in names}) for r in data["runs"]], \
-        data["meta"]
+    try:
+        return RunResult(**{k: v for k, v in r.items() if k in names})
+    except (AttributeError, TypeError) as e:
+        raise CorruptFileError(path, f"{where} is not a run record ({e})") from e
+
+
+def load_runs(path: Path) -> tuple[list[RunResult], dict[str, Any]]:
+    """(every run, meta) of a ``compare.json`` written by `write_outputs`; a damaged or
+    foreign file raises `morphonet.files.CorruptFileError` naming it."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or \
+            not isinstance(data.get("meta"), dict):
+        raise CorruptFileError(path, "not a compare record (no 'runs' list and 'meta')")
+    return [_run_result(r, path, f"run {i}") for i, r in enumerate(data["runs"])], data["meta"]
+
+
+def load_partial(path: Path) -> list[RunResult]:
+    """The runs an interrupted ``morpho compare`` finished (its ``runs.partial.jsonl``,
+    `morphonet.files.read_records`)."""
+    return [_run_result(r, path, f"record {i}") for i, r in enumerate(read_records(path))]
 
 
 def write_outputs(results: list[RunResult], out_dir: Path, meta: dict[str, Any]) -> tuple[Path,
@@ -560,8 +576,6 @@ def write_outputs(results: list[RunResult], out_dir: Path, meta: dict[str, Any])
     payload = {"meta": meta, "summary": rows, "paired": pairs, "variants": table,
                "runs": [asdict(r) | {"chosen": id(r) in ids} for r in results]}
     paths = out_dir / "compare.md", out_dir / "compare.json"
-    for path, text in zip(paths, (md, json.dumps(payload, indent=1))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    atomic_write(paths[0], md.encode())
+    write_json(paths[1], payload)
     return paths

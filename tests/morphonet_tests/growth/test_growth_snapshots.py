@@ -102,3 +102,40 @@ def test_growth_snapshot_keeps_the_scoring_batch(tmp_path):
         assert torch.equal(net.pre_grads[j], g)
     assert all(torch.equal(a, b) for a, b in zip(net.activations, acts))
     assert not net.track and not net.record_grads
+
+
+def _saved(tmp_path, n=3):
+    net = MinimalNetwork([12, 8, 6, 4], sparsity=0.2, seed=0)
+    mgr = SnapshotManager(str(tmp_path))
+    for step in range(n):
+        mgr.save(net, "coarse", step, "growth")
+        _evolve(net, step)
+    return mgr
+
+
+def test_damaged_snapshot_files_raise_naming_the_file(tmp_path):
+    from morphonet.files import CorruptFileError
+
+    mgr = _saved(tmp_path)
+    snap = tmp_path / mgr.index[1]["path"]
+    raw = bytearray(snap.read_bytes())
+    raw[-5] ^= 0x01  # one flipped bit (it was a raw zlib.error from deep inside loading)
+    snap.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"snap_0001\.bin: damaged"):
+        SnapshotManager(str(tmp_path)).load_state(1)
+    # a valid snapshot file under another snapshot's name (a swapped or copied file)
+    other = tmp_path / mgr.index[0]["path"]
+    snap.write_bytes(other.read_bytes())
+    with pytest.raises(CorruptFileError, match=r"snap_0001\.bin: not snapshot 1"):
+        SnapshotManager(str(tmp_path)).load_state(1)
+    # a truncated index (it was a JSONDecodeError)
+    index = tmp_path / "index.json"
+    index.write_text(index.read_text()[:-40])
+    with pytest.raises(CorruptFileError, match=r"index\.json: not valid JSON"):
+        SnapshotManager(str(tmp_path))
+    index.write_text('[{"id": 0, "phase": "coarse"}]')
+    with pytest.raises(CorruptFileError, match=r"index\.json: entry 0 lacks \['epoch'"):
+        SnapshotManager(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"layer_sizes": [12, 8, 6, 4], "sparsty": 0.1}')
+    with pytest.raises(CorruptFileError, match=r"config\.json: not a network configuration"):
+        mgr.config()

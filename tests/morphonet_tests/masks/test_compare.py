@@ -179,3 +179,35 @@ def test_the_quick_run_trains_the_variants_validation_chose_in_the_full_run():
     assert name == "prune window 2-9, batchnorm" and overrides["use_batchnorm"]
     assert variants(case, "dense", "default") == [grid("dense", 30)[0]]
     assert len(variants(case, "magnitude", "tune")) == 5
+
+
+def test_compare_records_are_read_back_checked(tmp_path):
+    """A damaged compare.json names itself; an interrupted run's partial records render, the
+    line its kill cut short left out, and a damaged line names the file and the line."""
+    import dataclasses
+
+    from morphonet.files import CorruptFileError, append_record
+    from morphonet.masks import compare as cmp
+    from morphonet.masks.cli import _render
+
+    runs = [cmp.RunResult("moons", "mlp", m, s, 0.9 + s / 100, 0.9, 100, 120, 400, 1.0)
+            for m in cmp.METHODS for s in (0, 1)]
+    partial = tmp_path / "runs.partial.jsonl"
+    for r in runs:
+        append_record(partial, dataclasses.asdict(r))
+    with open(partial, "a") as f:
+        f.write('{"dataset": "moons", "arch": "ml')  # the kill came mid-write
+    with pytest.warns(UserWarning, match=r"runs\.partial\.jsonl: line 7 was cut short"):
+        assert _render(cmp, tmp_path) == 0
+    assert cmp.load_runs(tmp_path / "compare.json")[0] == runs
+    lines = partial.read_text().split("\n")
+    lines[2] = lines[2].replace("0.9", "0.8", 1)
+    partial.write_text("\n".join(lines))
+    with pytest.raises(CorruptFileError, match=r"runs\.partial\.jsonl: line 3 is damaged"):
+        cmp.load_partial(partial)
+    (tmp_path / "compare.json").write_text('{"runs": [{"dataset": "moons"}], "meta": {}}')
+    with pytest.raises(CorruptFileError, match=r"compare\.json: run 0 is not a run record"):
+        cmp.load_runs(tmp_path / "compare.json")
+    (tmp_path / "compare.json").write_text('{"runs": [')
+    with pytest.raises(CorruptFileError, match=r"compare\.json: not valid JSON"):
+        cmp.load_runs(tmp_path / "compare.json")

@@ -85,3 +85,31 @@ def test_prune_counts_connections_per_unit_and_zeroes_gradients():
     assert (layer.get_mask(hard=True)[:16, 16:32] == 0).all()
     with pytest.raises(ValueError, match="threshold"):
         layer.prune(1.5)
+
+
+def test_the_seeds_visualisation_snippet_works_on_every_layer_kind(tmp_path):
+    """The seed's snippet puts ``layer.get_mask(hard=True)`` into ``plt.imshow``; a 2-D
+    convolution's mask is 4-D, so the 2-D view is one call: ``layer.mask_matrix(hard=True)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from morphonet import MorphoConfig, MorphoNetCNN
+
+    torch.manual_seed(0)
+    cfg = MorphoConfig(n_classes=3, hidden_dims=[8], conv_channels=[4, 6], sparse_init=0.5)
+    model = MorphoNetCNN(cfg, input_shape=(2, 8, 8))
+    assert model.layers[0].get_mask(hard=True).dim() == 4
+    for i, layer in enumerate(model.layers):
+        mask = layer.mask_matrix(hard=True).cpu().numpy()
+        w = layer.weight
+        assert mask.shape == (w.shape[0], w[0].numel())
+        assert (mask == layer.get_mask(hard=True).reshape(w.shape[0], -1).numpy()).all()
+        plt.figure(figsize=(8, 6))
+        plt.imshow(mask, cmap="binary")
+        plt.title(f"Layer {i} Connectivity ({mask.mean():.1%} active)")
+        plt.colorbar(label="Active")
+        plt.savefig(tmp_path / f"layer_{i}_connectivity.png")
+        plt.close()
+    assert len(list(tmp_path.glob("*.png"))) == len(model.layers)
