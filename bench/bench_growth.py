@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Recorder, time_ms  # noqa: E402
 
 from morphonet.data import load_dataset  # noqa: E402
-from morphonet.growth import SchedulerConfig, create_multi_scale_network  # noqa: E402
+from morphonet.growth import create_multi_scale_network  # noqa: E402
+from morphonet.growth.experiment import growth_configs  # noqa: E402
 from morphonet.growth.trainer import grad_norm  # noqa: E402
 
 
@@ -59,10 +60,10 @@ def main(argv=None) -> int:
     ds = load_dataset("digits", 0)
     torch.manual_seed(0)
     hidden = [160, 80]
+    scheduler, extrema, router = growth_configs(epochs)  # the `morpho grow` experiment's
     model = create_multi_scale_network(
         64, hidden, 10, sparsity=1e-4, seed=0, val_data=(ds.val.x, ds.val.y),
-        scheduler=SchedulerConfig(cooldown_steps=40, phase_epochs=(round(epochs * 2 / 15),
-                                                                  round(epochs / 3))))
+        scheduler=scheduler, extrema=extrema, router=router)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     crit = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)

@@ -14,9 +14,20 @@ from typing import Optional
 def _grow(args: argparse.Namespace) -> int:
     from .experiment import GrowExperimentConfig, run_grow_experiment
 
+    if args.seed_loop:
+        from .seed_loop import run_seed_loop, seed_loop_table
+
+        res = run_seed_loop(args.out, seeds=args.seeds or 5, epochs=args.epochs or 50,
+                            batch_size=args.batch_size or 32)
+        print("\n" + seed_loop_table(res))
+        print(f"results in {args.out}/ (seed_loop.json, seed_loop.md)")
+        return 0
     kw = dict(datasets=tuple(args.datasets), out_dir=args.out)
-    if args.seeds is not None:
-        kw["seeds"] = args.seeds
+    for flag, key in (("seeds", "seeds"), ("batch_size", "batch_size"), ("lr", "lr"),
+                      ("sparsity", "sparsity"), ("activation", "activation"),
+                      ("device", "device")):
+        if getattr(args, flag) is not None:
+            kw[key] = getattr(args, flag)
     if args.hidden is not None:
         kw["hidden"] = tuple(args.hidden)
     cfg = GrowExperimentConfig.quick(**kw) if args.quick else GrowExperimentConfig(**kw)
@@ -45,8 +56,22 @@ def add_grow_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; quick 2)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs for every dataset (default: digits 80, mnist1d 40)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None,
-                   help="hidden widths (default 160 80)")
+    p.add_argument("--hidden", "--hidden-sizes", dest="hidden", type=int, nargs="+",
+                   default=None, help="hidden widths (default 160 80)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None,
+                   help="batch size (default 32)")
+    p.add_argument("--learning-rate", "--lr", dest="lr", type=float, default=None,
+                   help="Adam learning rate (default 0.01)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="connected fraction at start (default 1e-4 = 0.01%%)")
+    p.add_argument("--activation", default=None, choices=["tanh", "sigmoid", "relu"],
+                   help="hidden activation (default tanh)")
+    p.add_argument("--device", default=None,
+                   help="auto or cpu (Structure Net runs on the CPU in this version)")
+    p.add_argument("--seed-loop", dest="seed_loop", action="store_true",
+                   help="run the seed's documented loop as written on digits ([0, 1] and "
+                   "standardised inputs; --seeds, --epochs and --batch-size apply) and check "
+                   "its promises; writes seed_loop.json / seed_loop.md")
     p.add_argument("--quick", action="store_true", help="short run (< 2 min on 2 CPU cores)")
     p.add_argument("--out", default="results/grow", help="results directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from ..checks import check_device
 from ..config import Config, int_list, ints, one_of, reals, setting
 from ..data import load_dataset
 from ..loop import accuracy, shuffled_batches
@@ -52,6 +53,18 @@ def _names(allowed: tuple[str, ...]):
                              f"{list(v)!r}")
         return tuple(v)
     return check
+
+
+def _cpu_only(name: str, v) -> str:
+    """The seed's ``--device`` flag: Structure Net's growth bookkeeping (extrema windows, the
+    router's target space) is written for CPU tensors, so "auto" means the CPU here and a GPU
+    is refused by name rather than half supported."""
+    check_device(name, v)
+    if v not in ("auto", "cpu"):
+        raise ValueError(f"{name}={v!r}: Structure Net runs on the CPU in this version (its "
+                         f"growth bookkeeping is not written for CUDA tensors); use 'cpu' or "
+                         f"'auto'")
+    return "cpu"
 
 
 def _epochs(name: str, v) -> dict:
@@ -80,6 +93,7 @@ class GrowExperimentConfig(Config):
         reals(0, 1)(f"{n}[{i}]", x) for i, x in enumerate(v)))
     methods: tuple = setting(METHODS, _names(METHODS))
     out_dir: str = setting("results/grow")
+    device: str = setting("cpu", _cpu_only)
 
     @classmethod
     def quick(cls, **kw) -> GrowExperimentConfig:
@@ -94,18 +108,30 @@ class GrowExperimentConfig(Config):
                 raise ValueError(f"epochs has no entry for dataset {d!r}")
 
 
+def growth_configs(epochs: int, phase_fractions: tuple[float, float] = (2 / 15, 1 / 3)
+                   ) -> tuple[SchedulerConfig, ExtremaConfig, RouterConfig]:
+    """The growth settings of this experiment, chosen on its validation split before the
+    package's defaults moved to suit the seed's documented 50-epoch loop: phases scaled to the
+    run, stabilisation of 40 steps, single-neuron structures (5 / 10 / 25 an event), the seed
+    README's saturation rule and a 1-std input threshold (standardised inputs). With the
+    package defaults instead (multi-scale bundles, the seed code's quantile rule, scale-free
+    inputs) its Structure Nets end at 9.2% (digits) and 11.5% (MNIST-1D) connectivity rather
+    than 4.5% and 5.6%, beyond the ≤ 5% this experiment is about."""
+    pe = (round(epochs * phase_fractions[0]), round(epochs * phase_fractions[1]))
+    return (SchedulerConfig(cooldown_steps=40, phase_epochs=pe, structures_per_event=(5, 10, 25)),
+            ExtremaConfig(rule="saturation", input_high=1.0), RouterConfig(bundle=(1, 1, 1)))
+
+
 def run_structure(ds, seed: int, cfg: GrowExperimentConfig, snap_dir: str,
                   log: Optional[Callable[[str], None]] = None) -> dict:
     """Train one Structure Net; returns its record (history, snapshots, timing, test)."""
     torch.manual_seed(seed)
     epochs = cfg.epochs[ds.name]
-    pe = (round(epochs * cfg.phase_fractions[0]), round(epochs * cfg.phase_fractions[1]))
+    scheduler, extrema, router = growth_configs(epochs, cfg.phase_fractions)
     model = create_multi_scale_network(
         ds.n_features, list(cfg.hidden), ds.n_classes, sparsity=cfg.sparsity,
-        activation=cfg.activation, scheduler=SchedulerConfig(cooldown_steps=40,
-                                                             phase_epochs=pe),
-        extrema=ExtremaConfig(), router=RouterConfig(), snapshot_dir=snap_dir,
-        val_data=(ds.val.x, ds.val.y), seed=seed)
+        activation=cfg.activation, scheduler=scheduler, extrema=extrema, router=router,
+        snapshot_dir=snap_dir, val_data=(ds.val.x, ds.val.y), seed=seed)
     start = model.network.get_connectivity_stats()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # created once, kept through growth
     crit = torch.nn.CrossEntropyLoss()

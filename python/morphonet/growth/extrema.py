@@ -1,21 +1,28 @@
 """Extrema detection: which neurons sit at the ends of their activation's range, over a window of
 training batches, counted by morpho_kernels.extrema_stats (one pass per layer and batch).
 
-Thresholds (ExtremaConfig, all configurable):
+Rules (ExtremaConfig, all configurable):
 
-* tanh / sigmoid: a sample is *high* when it lies in the top ``1 − high_fraction`` of the
-  saturating range and *low* in the bottom ``low_fraction`` (seed: 0.95 / 0.05). For tanh,
-  range (−1, 1): high > 0.9, low < −0.9; for sigmoid: high > 0.95, low < 0.05.
+* tanh / sigmoid, ``rule="quantile"`` (default; the seed's code): on the window's mean
+  activation of each neuron, *high* = above the layer's ``high_quantile`` (0.85) of means and
+  above a floor (tanh 0.2, sigmoid 0.6), *low* = below its ``low_quantile`` (0.15) and below
+  a floor (tanh −0.2, sigmoid 0.4). ``rule="saturation"`` (the seed's README): a sample is
+  high in the top ``1 − high_fraction`` of the saturating range and low in the bottom
+  ``low_fraction`` (0.95 / 0.05: tanh > 0.9 / < −0.9), and a neuron is a high / low extremum
+  when at least ``min_share`` of its window's samples are. A barely connected network has few
+  saturated neurons; the quantile rule finds its most active ones.
 * ReLU: *low* (dead) = never positive over the whole window; *high* = the neuron's window mean
   is at or above the layer's ``relu_high_quantile`` (0.9) of means, and positive.
-* input layer (layer 0, standardised features, no activation): high > ``input_high`` (1.0
-  training standard deviation), low < −``input_high``.
+* input layer (layer 0, no activation): a feature is high when at least ``input_min_share``
+  (0.1) of its samples are above the ``input_quantiles[1]`` (0.85) quantile of all the batch's
+  input values pooled, low likewise below ``input_quantiles[0]``: the same features whether the
+  inputs are standardised or scaled to [0, 1] (``input_high`` fixes the thresholds at
+  ±input_high instead).
 * output layer (logits): never an extremum (no saturating range); may be *quiet*.
 
-A neuron is a **high / low extremum** when at least ``min_share`` of its window's samples are
-high / low (for ReLU the rules above). A **quiet** neuron is an active neuron that is neither,
-whose window range max − min is ≤ ``quiet_range`` or among the ``quiet_quantile`` smallest of its
-layer: it carries (almost) no signal, the router's fallback target.
+A **quiet** neuron is an active neuron that is neither, whose window range max − min is ≤
+``quiet_range`` or among the ``quiet_quantile`` smallest of its layer: it carries (almost) no
+signal, the router's fallback target.
 """
 
 from __future__ import annotations
@@ -30,20 +37,34 @@ from torch import Tensor
 from morpho_kernels import ExtremaStats, extrema_stats
 
 from ..checks import check_choice, check_instance
-from ..config import Config, fraction, ints, reals, setting
+from ..config import Config, fraction, ints, one_of, reals, setting
 
 # the activations with extrema rules (the hidden layers of a MinimalNetwork use one of them)
 EXTREMA_ACTIVATIONS = ("tanh", "sigmoid", "relu")
+EXTREMA_RULES = ("quantile", "saturation")
+# floors of the quantile rule on mean activations: (low below, high above)
+_MEAN_FLOORS = {"tanh": (-0.2, 0.2), "sigmoid": (0.4, 0.6)}
+
+
+def _pair(name: str, v) -> tuple:
+    if isinstance(v, str) or not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise TypeError(f"{name} must be a pair (low, high), got {v!r}")
+    return tuple(v)
 
 
 @dataclass
 class ExtremaConfig(Config):
     """Thresholds of the extrema rules (see the module docstring); fractions in [0, 1]."""
 
+    rule: str = setting("quantile", one_of(*EXTREMA_RULES))
+    high_quantile: float = setting(0.85, fraction())
+    low_quantile: float = setting(0.15, fraction())
     high_fraction: float = setting(0.95, fraction())
     low_fraction: float = setting(0.05, fraction())
     min_share: float = setting(0.5, fraction())
-    input_high: float = setting(1.0, reals())
+    input_high: Optional[float] = setting(None, reals(0, lo_open=True, optional=True))
+    input_quantiles: tuple = setting((0.15, 0.85), lambda n, v: tuple(
+        fraction()(f"{n}[{i}]", x) for i, x in enumerate(_pair(n, v))))
     input_min_share: float = setting(0.1, fraction())
     relu_high_quantile: float = setting(0.9, fraction())
     quiet_range: float = setting(1e-6, reals())
@@ -52,9 +73,13 @@ class ExtremaConfig(Config):
     stride_steps: int = setting(4, ints(1))  # optimizer steps between two sampled batches
 
     def check(self) -> None:
-        if self.low_fraction >= self.high_fraction:
-            raise ValueError(f"low_fraction ({self.low_fraction}) must be < high_fraction "
-                             f"({self.high_fraction})")
+        for lo, hi in (("low_fraction", "high_fraction"), ("low_quantile", "high_quantile")):
+            if getattr(self, lo) >= getattr(self, hi):
+                raise ValueError(f"{lo} ({getattr(self, lo)}) must be < {hi} "
+                                 f"({getattr(self, hi)})")
+        if self.input_quantiles[0] >= self.input_quantiles[1]:
+            raise ValueError(f"input_quantiles must be (low, high) with low < high, got "
+                             f"{self.input_quantiles}")
 
     def thresholds(self, kind: str) -> tuple[float, float]:
         """(low, high) sample thresholds for ``kind`` in tanh / sigmoid / relu / input /
@@ -66,6 +91,9 @@ class ExtremaConfig(Config):
         if kind == "relu":
             return 0.0, 0.0  # above 0 = positive; never positive ⇔ above == 0
         if kind == "input":
+            if self.input_high is None:
+                raise ValueError("the input thresholds are quantiles of each batch "
+                                 "(input_high=None): ExtremaDetector computes them")
             return -self.input_high, self.input_high
         if kind == "output":
             return float("-inf"), float("inf")
@@ -125,12 +153,24 @@ class ExtremaDetector:
             self.window.clear()
         self._widths = widths
         c, hidden = self.config, activations[1:-1]
-        groups = [extrema_stats(activations[0], *c.thresholds("input"))]
+        groups = [extrema_stats(activations[0], *self._input_thresholds(activations[0]))]
         if hidden:
             h = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
             groups.append(extrema_stats(h, *c.thresholds(self.activation)))
         groups.append(extrema_stats(activations[-1], *c.thresholds("output")))
         self.window.append(groups)
+
+    def _input_thresholds(self, x: Tensor) -> tuple[float, float]:
+        """(low, high) for the input layer: fixed ±input_high, or the batch's pooled
+        quantiles (a scale-free rule: the same features for [0, 1] or standardised inputs)."""
+        c = self.config
+        if c.input_high is not None:
+            return c.thresholds("input")
+        v = x.detach().reshape(-1).float()
+        if v.numel() > 1 << 20:  # a strided sample keeps torch.quantile within its size limit
+            v = v[:: v.numel() // (1 << 20) + 1]
+        lo, hi = torch.quantile(v, torch.tensor(c.input_quantiles)).tolist()
+        return lo, hi
 
     def reset(self) -> None:
         """Forget the window (after a structural change) and restart the stride count."""
@@ -189,6 +229,15 @@ class ExtremaDetector:
             high = (st.mean >= q) & (st.mean > 0)
         elif kind == "output":
             high = low = torch.zeros_like(act)
+        elif kind in _MEAN_FLOORS and c.rule == "quantile":
+            mu = st.mean[act]
+            if mu.numel():
+                q_lo, q_hi = torch.quantile(mu, torch.tensor(
+                    [c.low_quantile, c.high_quantile])).tolist()
+            else:
+                q_lo = q_hi = 0.0
+            f_lo, f_hi = _MEAN_FLOORS[kind]
+            high, low = st.mean > max(q_hi, f_hi), st.mean < min(q_lo, f_lo)
         else:
             high, low = hi_share >= share, lo_share >= share
         high, low = high & act, low & act & ~high

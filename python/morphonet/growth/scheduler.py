@@ -8,20 +8,25 @@ Units, stated once and used everywhere:
   (0.5 = a 50% change). Windows do not overlap, so one change is not counted ten times.
 * credits: ``credits_per_spike`` (10) per spike; growth needs ``growth_threshold`` (100) and
   spends that many.
-* ``cooldown_steps`` — optimizer **steps** after a growth event during which no growth happens
-  (spikes still earn credits).
+* ``cooldown_epochs`` — **epochs** of stabilisation after a growth event during which no growth
+  happens (seed: 10; spikes still earn credits); ``cooldown_steps``, when set, counts the
+  stabilisation in optimizer **steps** instead.
+* termination: growth stops for good when an event finds nothing to grow (no high extremum
+  in any layer, or no target with room: "extrema absence"), or when the caller's epochs end.
 * ``phase_epochs`` — **epochs**: coarse while epoch < phase_epochs[0], medium while
   < phase_epochs[1], fine after (seed: 50 / 100).
-* ``phase_limits`` — **structures** per phase (10 / 50 / 200). A structure is one routed group
-  (one source neuron and its 3–4 new connections, plus any reciprocal one) or one cloned
-  neuron; never a single edge.
-* ``structures_per_event`` — **structures** at most per growth event, per phase.
+* ``phase_limits`` — **structures** per phase (10 / 50 / 200). A structure is one routed bundle
+  (up to `RouterConfig.bundle` source neurons of the phase, 64 / 16 / 1, each with its 3–4 new
+  connections, plus any reciprocal or onward ones) or one cloned neuron; never a single edge.
+* ``structures_per_event`` — **structures** at most per growth event, per phase (2 / 10 / 25:
+  the coarse phase's 10 structures spread over five events).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..checks import check_instance, check_int
 from ..config import Config, int_list, ints, reals, setting
@@ -37,11 +42,12 @@ class SchedulerConfig(Config):
     spike_threshold: float = setting(0.5, reals(0, lo_open=True))
     credits_per_spike: int = setting(10, ints(1))
     growth_threshold: int = setting(100, ints(1))
-    cooldown_steps: int = setting(50, ints(0))
+    cooldown_epochs: int = setting(10, ints(0))
+    cooldown_steps: Optional[int] = setting(None, ints(0, optional=True))
     phase_epochs: tuple[int, int] = setting((50, 100), int_list(0, length=2, as_tuple=True))
     phase_limits: tuple[int, int, int] = setting((10, 50, 200),
                                                  int_list(0, length=3, as_tuple=True))
-    structures_per_event: tuple[int, int, int] = setting((5, 10, 25),
+    structures_per_event: tuple[int, int, int] = setting((2, 10, 25),
                                                          int_list(0, length=3, as_tuple=True))
 
     def check(self) -> None:
@@ -63,6 +69,8 @@ class GrowthScheduler:
     step: int = 0
     spikes: int = 0
     last_growth_step: int = -(10**9)
+    last_growth_epoch: int = -(10**9)
+    terminated: bool = False
     used: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0))
     events: list = field(default_factory=list)
 
@@ -96,9 +104,13 @@ class GrowthScheduler:
         a, b = self.config.phase_epochs
         return PHASES[0] if epoch < a else PHASES[1] if epoch < b else PHASES[2]
 
-    def in_cooldown(self) -> bool:
-        """True while fewer than cooldown_steps steps passed since the last growth."""
-        return self.step - self.last_growth_step < self.config.cooldown_steps
+    def in_cooldown(self, epoch: int) -> bool:
+        """True during the stabilisation after the last growth: fewer than cooldown_epochs
+        epochs (or cooldown_steps steps, when set) since it."""
+        c = self.config
+        if c.cooldown_steps is not None:
+            return self.step - self.last_growth_step < c.cooldown_steps
+        return epoch - self.last_growth_epoch < c.cooldown_epochs
 
     def budget(self, epoch: int) -> int:
         """Structures the next growth event may add: min(per-event cap, phase remainder)."""
@@ -107,20 +119,23 @@ class GrowthScheduler:
         return max(0, min(self.config.structures_per_event[i], left))
 
     def should_grow(self, epoch: int) -> bool:
-        """Enough credits, out of cooldown and structures left in this phase."""
-        return (self.credits >= self.config.growth_threshold and not self.in_cooldown()
-                and self.budget(epoch) > 0)
+        """Not terminated, enough credits, out of the stabilisation period and structures
+        left in this phase."""
+        return (not self.terminated and self.credits >= self.config.growth_threshold
+                and not self.in_cooldown(epoch) and self.budget(epoch) > 0)
 
-    def record_growth(self, epoch: int, structures: int) -> None:
-        """Spend the credits, start the cooldown and count ``structures`` against the phase
-        limit (a growth attempt that added nothing still spends credits and cools down)."""
+    def record_growth(self, epoch: int, structures: int, exhausted: bool = False) -> None:
+        """Spend the credits, start the stabilisation and count ``structures`` against the
+        phase limit (an attempt that added nothing still spends credits and stabilises);
+        ``exhausted``: the event found nothing to grow (no extrema), which ends growth."""
         structures = check_int("structures", structures, 0)
         ph = self.phase(epoch)
         self.credits -= self.config.growth_threshold
-        self.last_growth_step = self.step
+        self.last_growth_step, self.last_growth_epoch = self.step, epoch
+        self.terminated = self.terminated or bool(exhausted)
         self.used[ph] += structures
         self.events.append({"step": self.step, "epoch": epoch, "phase": ph,
-                            "structures": structures})
+                            "structures": structures, "exhausted": bool(exhausted)})
 
 
 def _variance(v: list[float]) -> float:

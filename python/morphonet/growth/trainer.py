@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -114,7 +115,8 @@ class GrowthHook(Hook):
         record.update(connectivity=stats["connectivity_ratio"],
                       connections=stats["total_active_connections"],
                       val_acc=record.get("val_acc"), snapshot=snap, bookkeeping_s=self.book,
-                      phase=m.scheduler.phase(epoch), credits=m.scheduler.credits)
+                      phase=m.scheduler.phase(epoch), credits=m.scheduler.credits,
+                      terminated=m.scheduler.terminated)
         m.history.append(record)
 
     def describe(self, record: dict[str, Any]) -> str:
@@ -142,9 +144,11 @@ class MultiScaleNetwork(nn.Module):
         super().__init__()
         check_instance("network", network, MinimalNetwork)
         self.network = network
-        self.scheduler = scheduler or GrowthScheduler()
-        self.detector = detector or ExtremaDetector(network.activation)
-        self.router = router or ConnectionRouter()
+        # `is None`, not `or`: an ExtremaDetector with an empty window has len() 0, so `or`
+        # silently replaced a caller's detector (and its config) with a default one
+        self.scheduler = GrowthScheduler() if scheduler is None else scheduler
+        self.detector = ExtremaDetector(network.activation) if detector is None else detector
+        self.router = ConnectionRouter() if router is None else router
         self.snapshots = snapshots
         self.val_data = val_data
         self._pending = False  # a growth event is due: gathering its extrema window
@@ -192,8 +196,18 @@ class MultiScaleNetwork(nn.Module):
         net = self.network
         self._pending = False
         rep = self.detector.report(self._active_masks())
-        res = self.router.grow(net, rep, self.scheduler.budget(epoch), optimizer)
-        self.scheduler.record_growth(epoch, res["structures"])
+        res = self.router.grow(net, rep, self.scheduler.budget(epoch), optimizer,
+                               phase=self.scheduler.phase(epoch))
+        self.scheduler.record_growth(epoch, res["structures"], exhausted=res["exhausted"])
+        if res["exhausted"]:
+            high = [int(e.high.sum()) for e in rep]
+            targets = [int((e.low | e.quiet).sum()) for e in rep]
+            warnings.warn(
+                f"growth terminated at epoch {epoch}: the event found nothing to grow (high "
+                f"extrema per layer {high}, low or quiet targets per layer {targets}"
+                + ("; no layer has a high extremum: are the inputs constant?"
+                   if not any(high) else "; every target is full or already connected")
+                + ")", stacklevel=2)
         net.pre_grads = {}
         self.detector.reset()
         return res

@@ -20,7 +20,8 @@ from morphonet.growth import (
 
 
 def test_tanh_extrema_match_hand_count():
-    det = ExtremaDetector("tanh", ExtremaConfig(min_share=0.5, quiet_quantile=0.0,
+    det = ExtremaDetector("tanh", ExtremaConfig(rule="saturation", input_high=1.0,
+                                                 min_share=0.5, quiet_quantile=0.0,
                                                  window_batches=5, stride_steps=1))
     x = torch.zeros(4, 2)  # input layer: nothing above 1 std
     # hidden: n0 > 0.9 on 3 of 4 samples (high), n1 < -0.9 on 2 of 4 (low), n2 constant
@@ -44,7 +45,8 @@ def test_tanh_extrema_match_hand_count():
 
 
 def test_relu_dead_and_high_and_input_rule():
-    det = ExtremaDetector("relu", ExtremaConfig(window_batches=3, stride_steps=1))
+    det = ExtremaDetector("relu", ExtremaConfig(input_high=1.0, window_batches=3,
+                                                 stride_steps=1))
     x = torch.tensor([[2.0, 0.0], [1.5, 0.0], [-3.0, 0.0], [0.0, 0.0]])
     h = torch.tensor([[0.0, 1.0, 5.0, 0.2], [0.0, 2.0, 6.0, 0.1],
                       [0.0, 0.0, 7.0, 0.0], [0.0, 1.0, 8.0, 0.3]])
@@ -59,7 +61,8 @@ def test_relu_dead_and_high_and_input_rule():
 
 
 def test_detector_window_and_stride():
-    det = ExtremaDetector("tanh", ExtremaConfig(window_batches=2, stride_steps=3))
+    det = ExtremaDetector("tanh", ExtremaConfig(rule="saturation", window_batches=2,
+                                                 stride_steps=3))
     assert [det.step() for _ in range(7)] == [True, False, False, True, False, False, True]
     for v in (0.95, -0.95, 0.0):
         det.update([torch.zeros(2, 1), torch.full((2, 1), v), torch.zeros(2, 1)])
@@ -67,6 +70,37 @@ def test_detector_window_and_stride():
     assert e.low.item() and e.low_share.item() == 0.5
     with pytest.raises(ValueError, match="min_share"):
         ExtremaConfig(min_share=1.5)
+
+
+def test_quantile_rule_on_mean_activations_and_scale_free_inputs():
+    """The default rules: a hidden tanh neuron is high when its window mean is above both the
+    layer's 85% quantile of means and 0.2 (low: below the 15% quantile and −0.2); an input
+    feature is high when ≥ 10% of its samples are above the 85% quantile of the batch's
+    pooled inputs, so [0, 1]-scaled and standardised inputs give the same features."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 20, generator=g) * torch.linspace(0.05, 1.0, 20)  # brighter to the right
+    means = torch.linspace(-0.6, 0.6, 20)  # hidden neuron j's mean activation
+    h = means + 0.01 * torch.randn(64, 20, generator=g)
+    for scale in ("unit", "standardised"):
+        xs = x if scale == "unit" else (x - x.mean(0)) / x.std(0) * x.std(0).mean()
+        det = ExtremaDetector("tanh", ExtremaConfig(window_batches=1, stride_steps=1))
+        det.update([xs, h, torch.zeros(64, 3)])
+        e = det.report()
+        mu = e[1].mean
+        q_hi, q_lo = torch.quantile(mu, 0.85), torch.quantile(mu, 0.15)
+        assert e[1].high.tolist() == (mu > max(float(q_hi), 0.2)).tolist()
+        assert e[1].low.tolist() == (mu < min(float(q_lo), -0.2)).tolist()
+        assert 0 < int(e[1].high.sum()) < 20 and 0 < int(e[1].low.sum()) < 20
+        hi = torch.quantile(xs.flatten(), 0.85)
+        ref = (xs > hi).float().mean(0) >= 0.1
+        assert e[0].high.tolist() == ref.tolist()
+        if scale == "unit":
+            unit_high = e[0].high.clone()
+            assert unit_high[-5:].all() and not unit_high[:5].any()
+    # a fixed threshold of 1 std finds nothing in [0, 1] inputs (the old rule's failure)
+    det = ExtremaDetector("tanh", ExtremaConfig(input_high=1.0, window_batches=1))
+    det.update([x, h, torch.zeros(64, 3)])
+    assert not det.report()[0].high.any()
 
 
 def _feed(s, values):
@@ -90,20 +124,37 @@ def test_scheduler_spikes_credits_cooldown_phases():
     assert s.phase(0) == "coarse" and s.phase(2) == "medium" and s.phase(9) == "fine"
     assert s.budget(0) == 2
     s.record_growth(0, 2)
-    assert s.credits == 90 and s.in_cooldown() and not s.should_grow(0)
+    assert s.credits == 90 and s.in_cooldown(0) and not s.should_grow(0)
     _feed(s, calm + wild)  # 8 steps: cooldown over; wild→calm (−75%) and calm→wild spike
-    assert s.credits == 110 and not s.in_cooldown()
+    assert s.credits == 110 and not s.in_cooldown(0)
     assert s.budget(0) == 1  # coarse limit 3 structures, 2 used
     s.record_growth(0, 1)
     for _ in range(10):
         _feed(s, calm + wild)
     assert s.budget(1) == 0 and not s.should_grow(1)  # coarse exhausted (3 structures)
     assert s.budget(2) == 4 and s.should_grow(2)  # medium: its own limit
-    assert s.events[0] == {"step": 88, "epoch": 0, "phase": "coarse", "structures": 2}
+    assert s.events[0] == {"step": 88, "epoch": 0, "phase": "coarse", "structures": 2,
+                           "exhausted": False}
     with pytest.raises(ValueError, match="phase_epochs"):
         SchedulerConfig(phase_epochs=(5, 2))
     with pytest.raises(ValueError, match="grad_norm"):
         s.observe(float("nan"))
+
+
+def test_stabilisation_in_epochs_and_termination_when_nothing_is_left_to_grow():
+    """The seed's units: a 10-epoch stabilisation after each growth event (spikes still earn
+    credits), and growth ends for good after an event that found nothing to grow."""
+    s = GrowthScheduler(SchedulerConfig(window_steps=4, credits_per_spike=100))
+    for _ in range(3):
+        _feed(s, [1.0, 2.0, 1.0, 2.0] + [1.0, 3.0, 1.0, 3.0])
+    assert s.should_grow(3)
+    s.record_growth(3, 1)
+    assert all(s.in_cooldown(e) for e in range(3, 13)) and not s.in_cooldown(13)
+    assert not s.should_grow(12) and s.should_grow(13)
+    s.record_growth(13, 0, exhausted=True)
+    for _ in range(5):
+        _feed(s, [1.0, 2.0, 1.0, 2.0] + [1.0, 3.0, 1.0, 3.0])
+    assert s.terminated and s.credits >= 100 and not s.should_grow(40)
 
 
 def _mask(c, idx):
@@ -163,6 +214,29 @@ def test_router_fan_out_reciprocal_and_budget():
     assert r.plan(net, rep, max_structures=0) == []
     with pytest.raises(ValueError, match="fan_out"):
         RouterConfig(fan_out=(4, 3))
+
+
+def test_router_structures_bundle_sources_by_phase_and_say_when_nothing_is_left():
+    """Multi-scale structures: a coarse structure bundles up to bundle[0] sources, a medium
+    one bundle[1], a fine one a single source; an event with room but nothing to route is
+    'exhausted' (it ends growth)."""
+    net = MinimalNetwork([10, 30, 30, 4], sparsity=0.0, min_edges_per_layer=0, seed=0)
+    rep = _report(net, high={0: list(range(10))}, low={1: list(range(30)), 2: list(range(30))},
+                  quiet={})
+    for phase, budget, sizes in (("coarse", 2, [4, 4]), ("medium", 3, [2, 2, 2]),
+                                 ("fine", 5, [1] * 5)):
+        r = ConnectionRouter(RouterConfig(reciprocal_p=0.0, bundle=(4, 2, 1)), seed=0)
+        plan = r.plan(net, rep, max_structures=budget, phase=phase)
+        assert [len(st.sources) for st in plan] == sizes, phase
+        for st in plan:
+            assert {s for s, *_ in [(e[1],) for e in st.edges]} <= {n for _, n in st.sources}
+            assert 3 * len(st.sources) <= len(st.edges) <= 4 * len(st.sources)
+    empty = _report(net, high={}, low={1: list(range(30))}, quiet={})
+    res = ConnectionRouter(seed=0).grow(net, empty, max_structures=2, phase="coarse")
+    assert res["exhausted"] and res["connections_added"] == 0
+    assert not ConnectionRouter(seed=0).grow(net, rep, 0)["exhausted"]  # no room is not "none"
+    with pytest.raises(ValueError, match="phase"):
+        ConnectionRouter(seed=0).plan(net, rep, 1, phase="large")
 
 
 def test_router_clones_saturated_neuron():

@@ -133,3 +133,15 @@ def test_errors_name_the_argument():
         net(torch.randn(2, 5))
     with pytest.raises(ValueError, match="no edge list"):
         net.layer(0, 5)
+
+
+def test_create_multi_scale_network_uses_the_configs_it_is_given():
+    """An ExtremaDetector with an empty window has len() 0, so ``detector or default``
+    replaced the caller's detector (and its ExtremaConfig) with a default one."""
+    from morphonet.growth import ExtremaConfig, RouterConfig, SchedulerConfig
+
+    net = create_multi_scale_network(6, [5], 3, extrema=ExtremaConfig(window_batches=5),
+                                     router=RouterConfig(max_incoming=2),
+                                     scheduler=SchedulerConfig(window_steps=7))
+    assert net.detector.config.window_batches == 5 and net.detector.window.maxlen == 5
+    assert net.router.config.max_incoming == 2 and net.scheduler.config.window_steps == 7

@@ -137,3 +137,38 @@ def test_grow_experiment_gives_the_callers_thread_count_back(tmp_path):
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(threads)
+
+
+def test_grow_seed_loop_runs_the_documented_loop_and_checks_its_promises(tmp_path, one_thread):
+    """`morpho grow --seed-loop` runs the seed's loop as written (a short version here) for
+    [0, 1] and standardised digits and writes the figures with the promises checked."""
+    from morphonet.cli import main
+
+    assert main(["grow", "--seed-loop", "--seeds", "1", "--epochs", "7", "--out",
+                 str(tmp_path)]) == 0
+    import json
+
+    res = json.loads((tmp_path / "seed_loop.json").read_text())
+    assert [r["scaling"] for r in res["runs"]] == ["unit", "standardised"]
+    for r in res["runs"]:
+        assert r["epochs"] == 7 and r["batch_size"] == 32 and r["growth_events"] >= 1
+        assert r["connections_added"] > 0 and r["connectivity"] > r["start_connectivity"]
+    md = (tmp_path / "seed_loop.md").read_text()
+    assert "≥ 5 growth events" in md and "≥ 95% test accuracy (mean)" in md
+
+
+def test_grow_accepts_the_seeds_flags_and_refuses_a_gpu_by_name():
+    from morphonet.growth.cli import add_grow_parser
+    from morphonet.growth.experiment import GrowExperimentConfig
+
+    parser = argparse.ArgumentParser()
+    add_grow_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["grow", "--batch-size", "64", "--learning-rate", "0.002",
+                              "--sparsity", "0.001", "--activation", "relu", "--hidden-sizes",
+                              "256", "128", "--device", "auto"])
+    assert (args.batch_size, args.lr, args.sparsity, args.activation, args.hidden,
+            args.device) == (64, 0.002, 0.001, "relu", [256, 128], "auto")
+    assert parser.parse_args(["grow", "--lr", "0.01"]).lr == 0.01
+    assert GrowExperimentConfig(device="auto").device == "cpu"
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        GrowExperimentConfig(device="cuda")
