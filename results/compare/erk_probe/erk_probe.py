@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from morphonet.masks.compare import FULL_CASES, grid, run_morphonet
 from morphonet.data import load_dataset
+from morphonet.masks.compare import FULL_CASES, grid, run_morphonet
 
 
 def main(base: str, dist: str = "erk") -> None:
