@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session in one command (see README "GPU"): build the CUDA extension, run the
+# One lent-GPU session in one command (docs/performance.md, GPU): build the CUDA extension, run the
 # test suite on the GPU, then the GPU benchmark cases, writing logs and records under $OUT.
 #   bash bench/gpu_session.sh [stage ...]    stages: build test masked_linear block_sparse ext
 # Without stages it runs all of them. Each stage has its own time limit and never stops the rest.

@@ -1,4 +1,4 @@
-"""morphonet.export.to_block_sparse: same outputs, trainable, block structure kept."""
+"""morphonet.masks.export.to_block_sparse: same outputs, trainable, block structure kept, ties refused."""
 
 import pytest
 import torch
