@@ -15,8 +15,10 @@ at fixed points of each step and epoch (see `Hook`), so no system keeps a copy o
 
 One step::
 
-    on_batch_start(x, y) → out = model(x) → loss = loss_fn(out, y) + Σ hook.penalty()
-    → zero_grad (every optimizer) → backward → clip (per optimizer) → step (every optimizer)
+    transform_batch(x, y) → on_batch_start(x, y)
+    → [autocast] out = model(x) → loss = loss_fn(out, y) + Σ hook.penalty()
+    → zero_grad (every optimizer) → backward → after_backward() → clip (per optimizer)
+    → step (every optimizer)
     → on_step_end()          # the step's graph is freed first: hooks may resize parameters
 
 One epoch::
@@ -29,6 +31,7 @@ One epoch::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -165,8 +168,12 @@ class Hook:
 
     - `on_fit_start` / `on_fit_end`: once per `TrainLoop.fit`.
     - `on_epoch_start`: before the first step of an epoch (e.g. set the temperature).
+    - `transform_batch`: returns the (x, y) the step trains on (e.g. MixUp: mixed inputs and
+      targets the loss function understands); called before `on_batch_start`.
     - `on_batch_start`: before a step's forward (e.g. ask the model to keep activations).
     - `penalty`: a term added to the step's loss (e.g. a sparsity penalty), or None.
+    - `after_backward`: the gradients exist, before clipping and the optimizer steps (e.g.
+      freeze a parameter for this step by clearing its gradient).
     - `on_step_end`: after the optimizer steps; the step's graph is already freed, so the
       hook may change structure (grow, prune, regrow) and optimizer state.
     - `on_train_end`: after the epoch's last step, before validation; may add keys to
@@ -185,11 +192,17 @@ class Hook:
     def on_epoch_start(self, loop: TrainLoop, epoch: int) -> None:
         pass
 
+    def transform_batch(self, loop: TrainLoop, x: Tensor, y: Any) -> tuple[Tensor, Any]:
+        return x, y
+
     def on_batch_start(self, loop: TrainLoop, x: Tensor, y: Tensor) -> None:
         pass
 
     def penalty(self, loop: TrainLoop) -> Optional[Tensor]:
         return None
+
+    def after_backward(self, loop: TrainLoop) -> None:
+        pass
 
     def on_step_end(self, loop: TrainLoop) -> None:
         pass
@@ -278,6 +291,8 @@ class TrainLoop:
             epochs (and at the last one); 0 = none.
         checkpoint: a file to write after every ``checkpoint_every`` epochs (atomic and
             checksummed); `fit` with ``resume=True`` continues from it.
+        autocast: a dtype (``torch.bfloat16`` on CPU; ``torch.float16`` / ``bfloat16`` on
+            CUDA) to run each step's forward and loss under ``torch.autocast``; None: off.
     """
 
     def __init__(self, model: nn.Module,
@@ -289,7 +304,7 @@ class TrainLoop:
                  merge_single_batch: Optional[bool] = None, eval_batch_size: int = 1024,
                  progress: bool = False, log: Optional[Callable[[str], None]] = None,
                  log_every: int = 0, checkpoint: Optional[Union[str, os.PathLike]] = None,
-                 checkpoint_every: int = 1):
+                 checkpoint_every: int = 1, autocast: Optional[torch.dtype] = None):
         check_instance("model", model, nn.Module)
         opts = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
         for i, o in enumerate(opts):
@@ -314,6 +329,11 @@ class TrainLoop:
                              else merge_single_batch)
         self.progress, self.log = progress, log
         self.checkpoint = os.fspath(checkpoint) if checkpoint is not None else None
+        if autocast is not None and not (isinstance(autocast, torch.dtype)
+                                         and autocast in (torch.bfloat16, torch.float16)):
+            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got "
+                             f"{autocast!r}")
+        self.autocast = autocast
         _warn_decayed_masks(model, opts)
         self.epoch, self.global_step, self.elapsed = -1, 0, 0.0
         self.history: list[dict[str, Any]] = []
@@ -339,31 +359,42 @@ class TrainLoop:
         dev = self.device
         x, y = x.to(dev), y.to(dev)
         for h in self.hooks:
-            h.on_batch_start(self, x, y)
-        out = self.model(x)
-        loss = self.loss_fn(out, y)
-        full = loss
+            x, y = h.transform_batch(self, x, y)
         for h in self.hooks:
-            p = h.penalty(self)
-            if p is not None:
-                full = full + p
+            h.on_batch_start(self, x, y)
+        with self._autocast():
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+            full = loss
+            for h in self.hooks:
+                p = h.penalty(self)
+                if p is not None:
+                    full = full + p
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         full.backward()
+        for h in self.hooks:
+            h.after_backward(self)
         if self.grad_clip > 0:
             for params in self.clip_groups():
                 nn.utils.clip_grad_norm_(params, self.grad_clip)
         for opt in self.optimizers:
             opt.step()
         value = float(loss.detach())
-        correct = count_correct(out.detach(), y) if self.track_train_acc else None
+        correct = (count_correct(out.detach(), y) if self.track_train_acc
+                   and isinstance(y, Tensor) else None)  # mixed targets have no argmax
         # free the step's graph before the hooks: one that resizes a parameter would otherwise
         # leave autograd a stale shape for the next backward
         del out, loss, full
         self.global_step += 1
         for h in self.hooks:
             h.on_step_end(self)
-        return value, int(y.shape[0]), correct
+        return value, int(x.shape[0]), correct
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
 
     # ------------------------------------------------------------------ one epoch
 
@@ -394,8 +425,8 @@ class TrainLoop:
         if rows == 0:
             raise ValueError("the training data gave no batch this epoch")
         record: dict[str, Any] = {"epoch": epoch, "loss": tot / rows}
-        if self.track_train_acc:
-            record["train_acc"] = correct / max(counted, 1)
+        if self.track_train_acc:  # None when no target could be counted (mixed targets)
+            record["train_acc"] = correct / counted if counted else None
         record["seconds"] = time.perf_counter() - t0  # the steps (hooks' step work included)
         for h in self.hooks:
             h.on_train_end(self, record)

@@ -236,3 +236,37 @@ def test_the_loop_warns_when_an_optimizer_decays_mask_logits():
         warnings.simplefilter("error")
         TrainLoop(model, torch.optim.AdamW(param_groups(model, 0.01), lr=1e-3))
         TrainLoop(model, torch.optim.Adam(model.parameters(), lr=1e-3))  # no decay at all
+
+
+def test_transform_batch_after_backward_and_autocast():
+    """MixUp-style hooks replace the batch (targets the loss understands), after_backward
+    sees the gradients before the step, and autocast runs the forward in bf16 on the CPU."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    frozen = model[0].bias.detach().clone()
+    seen = {}
+
+    class Mix(Hook):
+        def transform_batch(self, loop, x, y):
+            perm = torch.arange(x.shape[0] - 1, -1, -1)
+            return 0.7 * x + 0.3 * x[perm], (y, y[perm], 0.7)
+
+        def after_backward(self, loop):
+            seen["grad"] = model[0].bias.grad is not None
+            model[0].bias.grad = None  # frozen for this step
+
+    def mixed_loss(out, y):
+        seen["dtype"] = out.dtype
+        ya, yb, lam = y
+        return lam * classification_loss(out, ya) + (1 - lam) * classification_loss(out, yb)
+
+    x, y = _data(16)
+    loop = TrainLoop(model, torch.optim.SGD(model.parameters(), lr=0.5), loss_fn=mixed_loss,
+                     hooks=[Mix()], batch_size=8, select=None, track_train_acc=True,
+                     autocast=torch.bfloat16)
+    rec = loop.run_epoch((x, y), 0)
+    assert seen == {"grad": True, "dtype": torch.bfloat16}
+    assert torch.equal(model[0].bias.detach(), frozen)  # cleared gradient: not stepped
+    assert rec["train_acc"] is None  # mixed targets: no accuracy to count
+    with pytest.raises(ValueError, match="autocast"):
+        TrainLoop(model, torch.optim.SGD(model.parameters(), lr=0.5), autocast=torch.float64)
