@@ -1,4 +1,5 @@
-"""morphonet.masks.export.to_block_sparse: same outputs, trainable, block structure kept, ties refused."""
+"""morphonet.masks.export.to_block_sparse: same outputs, trainable, block structure kept,
+ties refused."""
 
 import pytest
 import torch
