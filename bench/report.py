@@ -20,11 +20,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 from _common import RESULTS  # noqa: E402
+
+from morphonet.files import atomic_write  # noqa: E402
 
 SUMMARIES = {"masked_linear": "bench_masked_linear", "block_sparse": "bench_block_sparse",
              "ext": "bench_ext"}
@@ -122,17 +123,8 @@ def render_doc(template: str = TEMPLATE) -> str:
 
 
 def write_doc(text: str, path: str = DOC) -> None:
-    """Write text to path atomically: a temporary file beside it, then os.replace."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".performance.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write text to path atomically (`morphonet.files.atomic_write`)."""
+    atomic_write(path, text.encode())
 
 
 def check_doc(text: str, path: str = DOC) -> str | None:

@@ -23,10 +23,10 @@ from .masked import (
     reduce_units,
     unit_shape,
 )
-from .params import mask_parameters, param_groups, tied_with
+from .params import convert_linears, mask_parameters, param_groups, tied_with
 from .sparse import SparseLinear
 
 __all__ = ["BlockSparseLinear", "FROM_LINEAR_LOGIT", "GRANULARITIES", "GraphedRegrow",
            "INIT_DENSITY", "LearnedMask", "MASK_INIT", "MaskedLinear", "SparseLinear",
-           "check_granularity", "expand_units", "mask_parameters", "param_groups",
-           "reduce_units", "tied_with", "unit_shape"]
+           "check_granularity", "convert_linears", "expand_units", "mask_parameters",
+           "param_groups", "reduce_units", "tied_with", "unit_shape"]

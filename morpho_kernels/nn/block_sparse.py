@@ -83,6 +83,7 @@ class BlockSparseLinear(nn.Module):
 
     @property
     def padded_shape(self) -> tuple[int, int]:
+        """(out, in) rounded up to whole blocks (the layout's shape)."""
         b = self.block_size
         return _ceil_to(self.out_features, b), _ceil_to(self.in_features, b)
 
@@ -101,8 +102,9 @@ class BlockSparseLinear(nn.Module):
         the ``density`` fraction of blocks of largest L2 norm. Kept values are copied (masked
         elements inside a kept block become zero); the bias is copied. The block format holds
         its own values, so a weight tied to another module is not shared by the result:
-        `morphonet.masks.to_block_sparse` converts a whole model and refuses tied layers by
-        name (`morpho_kernels.nn.tied_with` finds the ties)."""
+        `morpho_kernels.nn.convert_linears` (plain layers) and
+        `morphonet.masks.to_block_sparse` (masked ones) convert a whole model and refuse tied
+        layers by name."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         if (mask is None) == (density is None):

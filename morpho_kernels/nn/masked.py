@@ -203,8 +203,9 @@ class LearnedMask:
         """Hard-prune every unit whose mask value σ(M/T) is below ``threshold``; returns the
         number of connections pruned by this call."""
         threshold = check_fraction("threshold", threshold)
-        with torch.no_grad():
-            drop = (self.unit_mask() < threshold) & ~self.pruned_units()
+        with torch.no_grad():  # σ in float32, as get_mask and density compute it
+            soft = torch.sigmoid(self.mask_logits.float() / self.temperature)
+            drop = (soft < threshold) & ~self.pruned_units()
             return self.prune_units(drop)
 
     def prune_units(self, drop: Tensor) -> int:

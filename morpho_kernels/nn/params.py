@@ -7,18 +7,21 @@
   element and block mask logits: build the groups with `param_groups` instead.
   `morphonet.loop.TrainLoop` warns when an optimizer decays a mask logit.
 - `tied_with`: which other modules share a module's parameters (weight tying), so that a
-  converter that cannot keep a tie (block-sparse values, edge lists) refuses it by name.
+  converter that cannot keep a tie (block-sparse values, edge lists) refuses it by name;
+  `convert_linears` converts a whole model's ``nn.Linear`` layers and does exactly that.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 from torch import nn
 
 from ..checks import check_instance, check_real
 
-__all__ = ["mask_parameters", "param_groups", "tied_with"]
+__all__ = ["convert_linears", "mask_parameters", "param_groups", "tied_with"]
 
 
 def mask_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -72,4 +75,41 @@ def tied_with(model: nn.Module, name: str) -> dict[str, list[str]]:
         others = sorted({h for h in holders.get(id(p), []) if not h.startswith(f"{name}.")})
         if others:
             out[pname] = others
+    return out
+
+
+def convert_linears(model: nn.Module, convert: Callable[[nn.Linear], nn.Module],
+                    names: Optional[Sequence[str]] = None, inplace: bool = False) -> nn.Module:
+    """``model`` (a deep copy unless ``inplace``) with every ``nn.Linear`` (or those named in
+    ``names``) replaced by ``convert(layer)``, e.g.
+    ``lambda l: BlockSparseLinear.from_linear(l, density=0.1, block_size=64)``.
+
+    A layer whose weight or bias is tied to another module (a language model's head and its
+    token embedding) is converted only when the result holds the very same Parameter
+    (`MaskedLinear.from_linear` does); otherwise a ``ValueError`` names both sides before
+    anything is replaced: a block-sparse or edge-list layer holds its own values, so the
+    conversion would silently untie them."""
+    check_instance("model", model, nn.Module)
+    if not callable(convert):
+        raise TypeError(f"convert must be callable, got {type(convert).__name__}")
+    out = model if inplace else copy.deepcopy(model)  # a deep copy keeps ties as ties
+    linears = {n: m for n, m in out.named_modules() if isinstance(m, nn.Linear) and n}
+    if names is not None:
+        unknown = sorted(set(names) - set(linears))
+        if unknown:
+            raise ValueError(f"names {unknown} are not nn.Linear layers of the model (its "
+                             f"linear layers: {sorted(linears)})")
+        linears = {n: linears[n] for n in names}
+    new = {}
+    for name, lin in linears.items():
+        new[name] = convert(lin)
+        for pname, others in tied_with(out, name).items():
+            if getattr(new[name], pname, None) is not getattr(lin, pname):
+                raise ValueError(
+                    f"{name}.{pname} is tied to {', '.join(others)} (the same tensor), and "
+                    f"the converted {type(new[name]).__name__} does not hold it: the tie would "
+                    f"be lost; leave {name} out (names=...) or untie it first")
+    for name, mod in new.items():
+        parent, _, child = name.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, child, mod)
     return out

@@ -5,6 +5,7 @@ that keep optimizer state aligned with the edges."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -69,6 +70,8 @@ class SparseLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Values of live slots uniform in ±1/√in_features (as ``nn.Linear``), spare slots 0;
+        the bias likewise."""
         bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
         with torch.no_grad():
             live = self.edges.dst_index() < self.out_features
@@ -88,6 +91,7 @@ class SparseLinear(nn.Module):
 
     @property
     def nnz(self) -> int:
+        """Live connections (reads row_ptr[-1]: synchronises a GPU)."""
         return self.edges.nnz
 
     def extra_repr(self) -> str:
@@ -120,8 +124,8 @@ class SparseLinear(nn.Module):
                     capacity: Optional[int] = None) -> SparseLinear:
         """Keep the ``density`` fraction of ``linear``'s weights of largest magnitude. Values and
         bias are copied (an edge list holds its own values, so a weight tied to another
-        module is not shared by the result; `morpho_kernels.nn.tied_with` finds the ties
-        of a layer in its model)."""
+        module is not shared by the result; `morpho_kernels.nn.convert_linears` converts a
+        whole model and refuses tied layers by name)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         density = check_fraction("density", density)
@@ -167,6 +171,12 @@ class SparseLinear(nn.Module):
                 new.grad = upd.remap(old.grad)
             if optimizer is not None:
                 _swap_param(optimizer, old, new, upd)
+            elif old.requires_grad:
+                warnings.warn(
+                    f"SparseLinear outgrew its capacity ({old.numel()} → {new.numel()} slots): "
+                    f"its values are a new Parameter, and an optimizer holding the old one "
+                    f"keeps training that; pass optimizer= to grow / reserve, or reserve the "
+                    f"capacity before building the optimizer", stacklevel=3)
             self.values = new
         self.row_ptr, self.col = upd.edges.row_ptr, upd.edges.col
         self._edges_cache = upd.edges

@@ -24,6 +24,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``morpho`` with ``argv`` (default: the command line); returns the exit status."""
     args = build_parser(argv).parse_args(argv)
     return args.func(args)
 

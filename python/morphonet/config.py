@@ -46,7 +46,8 @@ _C = TypeVar("_C", bound="Config")
 Check = Callable[[str, Any], Any]
 
 # Every activation a morphonet model can use, by its config name (MorphoNet Pro's models take
-# all of them; Structure Net takes those it has extrema rules for, growth.extrema.EXTREMA_RULES)
+# all of them; Structure Net takes those it has extrema rules for,
+# growth.extrema.EXTREMA_ACTIVATIONS)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
                                            "sigmoid": nn.Sigmoid}
 

@@ -73,6 +73,7 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
+        """Features per example (flattened)."""
         return int(self.train.x.shape[1])
 
 

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
 import warnings
 from typing import Any
@@ -53,11 +54,18 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file should read as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_checked(path: str | os.PathLike, data: bytes, kind: str) -> None:
@@ -107,12 +115,15 @@ def save_torch(path: str | os.PathLike, obj: Any, kind: str) -> int:
     return len(data)
 
 
-def load_torch(path: str | os.PathLike, kind: str) -> Any:
-    """Inverse of `save_torch` (``weights_only=True``: tensors and plain Python values)."""
+def load_torch(path: str | os.PathLike, kind: str, map_location: Any = "cpu") -> Any:
+    """Inverse of `save_torch` (``weights_only=True``: tensors and plain Python values),
+    tensors mapped to ``map_location`` (default the CPU: a file written on a GPU loads
+    anywhere; ``load_state_dict`` then copies onto the model's device)."""
     data = read_checked(path, kind)
     try:
-        return torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as e:  # checksum fine but not a torch payload: written by something else
+        return torch.load(io.BytesIO(data), weights_only=True, map_location=map_location)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:
+        # checksum fine but not a torch payload: written by something else
         raise CorruptFileError(path, f"payload is not a readable torch object ({e})") from e
 
 

@@ -187,45 +187,59 @@ class Hook:
     """
 
     def on_fit_start(self, loop: TrainLoop) -> None:
+        """Once, before the first epoch of `TrainLoop.fit` (and before a resume)."""
         pass
 
     def on_epoch_start(self, loop: TrainLoop, epoch: int) -> None:
+        """Before the first step of ``epoch``."""
         pass
 
     def transform_batch(self, loop: TrainLoop, x: Tensor, y: Any) -> tuple[Tensor, Any]:
+        """The (x, y) this step trains on (default: unchanged)."""
         return x, y
 
     def on_batch_start(self, loop: TrainLoop, x: Tensor, y: Tensor) -> None:
+        """Before the step's forward."""
         pass
 
     def penalty(self, loop: TrainLoop) -> Optional[Tensor]:
+        """A term added to the step's loss, or None."""
         return None
 
     def after_backward(self, loop: TrainLoop) -> None:
+        """After the backward pass, before clipping and the optimizer steps."""
         pass
 
     def on_step_end(self, loop: TrainLoop) -> None:
+        """After the optimizer steps (the step's graph already freed)."""
         pass
 
     def on_train_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        """After the epoch's last step, before validation; may add to ``record``."""
         pass
 
     def on_epoch_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        """After validation; ``record`` is complete."""
         pass
 
     def selectable(self, loop: TrainLoop, record: dict[str, Any]) -> bool:
+        """Whether this epoch may be kept as the best one."""
         return True
 
     def describe(self, record: dict[str, Any]) -> str:
+        """A short text for the progress line ("" for none)."""
         return ""
 
     def on_fit_end(self, loop: TrainLoop, result: dict[str, Any]) -> None:
+        """Once, after `TrainLoop.fit`'s last epoch."""
         pass
 
     def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this hook."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
         pass
 
 
@@ -279,8 +293,9 @@ class TrainLoop:
         batch_size: rows per batch when the training data are tensors.
         generator: the ``torch.Generator`` shuffling the tensors (default: one seeded from
             torch's global generator).
-        select: the record key of the best-epoch choice (``"val_acc"``, the larger the
-            better), or None to keep the last epoch; the choice uses validation data only.
+        select: the record key of the best-epoch choice (``"val_acc"``: the larger the better;
+            a key naming a loss, e.g. ``"val_loss"``: the smaller), or None to keep the last
+            epoch; the choice uses validation data only.
         restore_best: load the best epoch's state at the end of `fit`.
         track_train_acc: also count the training accuracy of each epoch.
         merge_single_batch: merge a last batch of one row (default: when the model has batch
@@ -320,10 +335,12 @@ class TrainLoop:
         self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1)
         self.log_every = check_int("log_every", log_every, 0)
         self.checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
-        self.generator = check_instance("generator", generator, torch.Generator)
+        # drawn from torch's global generator only when the loop first shuffles tensors itself
+        # (a loop over a DataLoader must not advance the global generator the loader uses)
+        self._generator = check_instance("generator", generator, torch.Generator,
+                                         optional=True)
         self.select, self.restore_best = select, restore_best
+        self._minimise = select is not None and "loss" in select  # a loss: the lower the better
         self.track_train_acc = track_train_acc
         self.merge_single = (_has_batchnorm(model) if merge_single_batch is None
                              else merge_single_batch)
@@ -344,6 +361,7 @@ class TrainLoop:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's first parameter (batches are moved there)."""
         return _device_of(self.model)
 
     def clip_groups(self) -> list[list[Tensor]]:
@@ -398,6 +416,15 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ one epoch
 
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator shuffling tensors (created from torch's global generator on first
+        use when none was given)."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(
+                int(torch.randint(0, 2**31 - 1, ())))
+        return self._generator
+
     def _batches(self, data: Batches) -> Iterable[tuple[Tensor, Tensor]]:
         if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor)
                                                               for t in data):
@@ -444,7 +471,13 @@ class TrainLoop:
         value = record.get(self.select) if self.select is not None else None
         if value is None or not all(h.selectable(self, record) for h in self.hooks):
             return
-        if self.best_value is None or value > self.best_value:
+        if self.best_value is None:
+            better = True
+        elif self._minimise:
+            better = value < self.best_value
+        else:
+            better = value > self.best_value
+        if better:
             self.best_value, self.best_epoch = value, record["epoch"]
             self.best_state = copy.deepcopy(self.model.state_dict())
 
@@ -459,15 +492,14 @@ class TrainLoop:
         "train_time", "epochs"}``; the model holds the best epoch's state when
         ``restore_best`` and some epoch was selectable, else the last epoch's."""
         epochs = check_int("epochs", epochs, 1)
+        for h in self.hooks:  # before a resume restores the hooks' state
+            h.on_fit_start(self)
         start = 0
         if resume:
             if self.checkpoint is None:
                 raise ValueError("resume=True needs checkpoint= (the file to resume from)")
             if os.path.exists(self.checkpoint):
                 start = self.load_checkpoint(self.checkpoint) + 1
-        self.model.to(self.device)
-        for h in self.hooks:
-            h.on_fit_start(self)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -523,7 +555,9 @@ class TrainLoop:
             "epoch": self.epoch, "global_step": self.global_step, "elapsed": self.elapsed,
             "model": self.model.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
-            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "generator": (self._generator.get_state() if self._generator is not None
+                          else None),
+            "torch_rng": torch.get_rng_state(),
             "cuda_rng": (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
             "history": self.history,
             "best": {"epoch": self.best_epoch, "value": self.best_value,
@@ -558,7 +592,8 @@ class TrainLoop:
             o.load_state_dict(s)
         for key, st in state["hooks"].items():
             hooks[key].load_state_dict(st)
-        self.generator.set_state(state["generator"])
+        if state["generator"] is not None:
+            self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

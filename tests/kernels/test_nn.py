@@ -191,3 +191,26 @@ def test_param_groups_keep_mask_logits_out_of_weight_decay():
         drops[use_groups] = 6.0 - float(layer.mask_logits.mean())
     assert drops[False] == pytest.approx(6.0 * (1 - (1 - 1e-4) ** 300), rel=1e-3)  # 0.177 (fp32)
     assert drops[True] == 0.0
+
+
+def test_convert_linears_refuses_a_tie_it_cannot_keep_naming_both_sides():
+    from morpho_kernels.nn import BlockSparseLinear, SparseLinear, convert_linears
+
+    torch.manual_seed(0)
+    model = _TiedLM()
+    to_blocks = lambda l: BlockSparseLinear.from_linear(  # noqa: E731
+        l, density=1.0, block_size=16, pad=True)
+    with pytest.raises(ValueError, match=r"lm_head\.weight is tied to tok_emb\.weight"):
+        convert_linears(model, to_blocks)
+    with pytest.raises(ValueError, match="tied"):
+        convert_linears(model, lambda l: SparseLinear.from_linear(l, density=0.2))
+    assert isinstance(model.lm_head, nn.Linear)  # nothing was replaced
+    kept = convert_linears(model, MaskedLinear.from_linear)  # holds the same tensor: allowed
+    assert kept.lm_head.weight is kept.tok_emb.weight and isinstance(kept.proj, MaskedLinear)
+    part = convert_linears(model, to_blocks, names=["proj"])
+    assert isinstance(part.proj, BlockSparseLinear) and part.lm_head.weight is \
+        part.tok_emb.weight
+    ids = torch.randint(0, 50, (2, 5))
+    torch.testing.assert_close(part(ids), model(ids), atol=1e-5, rtol=1e-5)  # every block kept
+    with pytest.raises(ValueError, match="not nn.Linear"):
+        convert_linears(model, to_blocks, names=["tok_emb"])

@@ -62,3 +62,6 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
         atomic_write(p, "not bytes")  # the write fails midway
     assert p.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["f.txt"]  # no temporary file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's owner-only 0600

@@ -17,8 +17,16 @@ def _grow(args: argparse.Namespace) -> int:
     if args.seed_loop:
         from .seed_loop import run_seed_loop, seed_loop_table
 
-        res = run_seed_loop(args.out, seeds=args.seeds or 5, epochs=args.epochs or 50,
-                            batch_size=args.batch_size or 32)
+        extra = [f"--{k.replace('_', '-')}" for k in ("lr", "sparsity", "activation", "hidden",
+                                                        "device")
+                 if getattr(args, k) is not None] + (["--quick"] if args.quick else [])
+        if extra:
+            print(f"--seed-loop runs the seed's loop as written (its own sizes, learning rate "
+                  f"and activation); drop {' '.join(extra)}", file=sys.stderr)
+            return 2
+        res = run_seed_loop(args.out, seeds=5 if args.seeds is None else args.seeds,
+                            epochs=50 if args.epochs is None else args.epochs,
+                            batch_size=32 if args.batch_size is None else args.batch_size)
         print("\n" + seed_loop_table(res))
         print(f"results in {args.out}/ (seed_loop.json, seed_loop.md)")
         return 0
@@ -32,7 +40,7 @@ def _grow(args: argparse.Namespace) -> int:
         kw["hidden"] = tuple(args.hidden)
     cfg = GrowExperimentConfig.quick(**kw) if args.quick else GrowExperimentConfig(**kw)
     if args.epochs is not None:
-        cfg.epochs = {d: args.epochs for d in cfg.datasets}
+        cfg = cfg.replace(epochs={d: args.epochs for d in cfg.datasets})
     res = run_grow_experiment(cfg, progress=not args.no_progress)
     from .experiment import format_table
 

@@ -16,7 +16,6 @@ the extension, ~1 s, a one-off process cost that is not growth bookkeeping).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ import torch
 from ..checks import check_device
 from ..config import Config, int_list, ints, one_of, reals, setting
 from ..data import load_dataset
+from ..files import atomic_write, write_json
 from ..loop import accuracy, shuffled_batches
 from .extrema import EXTREMA_ACTIVATIONS, ExtremaConfig
 from .peers import SparsePeer, make_peer_network, train_peer_epoch
@@ -270,10 +270,8 @@ def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
         bar.close()
     res = {"config": cfg.to_dict(), "runs": runs, "summary": summarise(runs),
            "wall_s": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(cfg.out_dir, "table.md"), "w") as f:
-        f.write(format_table(res))
+    write_json(os.path.join(cfg.out_dir, "results.json"), res)
+    atomic_write(os.path.join(cfg.out_dir, "table.md"), format_table(res).encode())
     plot_timeline(runs, os.path.join(cfg.out_dir, "timeline.png"))
     return res
 

@@ -134,7 +134,7 @@ class ConnectionRouter:
     def plan(self, net: MinimalNetwork, extrema: list[LayerExtrema],
              max_structures: int, phase: str = "fine") -> list[Structure]:
         """Structures for one growth event (clones first, then routed groups), at most
-        ``max_structures``; a routed structure bundles up to ``bundle`` sources of one layer,
+        ``max_structures``; a routed structure bundles up to ``bundle`` sources (of any layers),
         ``bundle`` being the config's entry for ``phase`` (coarse / medium / fine). Uses
         ``net.activations`` / ``net.pre_grads`` of the last scored batch for the gradient
         ranking when present."""

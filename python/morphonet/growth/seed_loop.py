@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..checks import check_int
 from ..data import load_dataset, train_val_test_split
-from ..files import write_json
+from ..files import atomic_write, write_json
 from ..loop import accuracy
 from .trainer import create_multi_scale_network
 
@@ -103,8 +103,7 @@ def run_seed_loop(out_dir: str = "results/grow", seeds: int = 5, epochs: int = 5
            "summary": summarise_seed_loop(runs)}
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "seed_loop.json"), res)
-    with open(os.path.join(out_dir, "seed_loop.md"), "w") as f:
-        f.write(seed_loop_table(res))
+    atomic_write(os.path.join(out_dir, "seed_loop.md"), seed_loop_table(res).encode())
     return res
 
 

@@ -11,9 +11,11 @@ insertion with the live optimizer. Extrema are therefore measured right before e
 cost nothing between events.
 
 The optimizer created once before training keeps working: edge values live in each
-SparseLinear's ``values`` Parameter, whose *object* never changes (growth swaps its ``.data``
-and remaps the optimizer's per-edge moments, new edges start with zero moments); neurons are
-pre-allocated slots switched on by an active mask, so no other parameter changes shape.
+SparseLinear's ``values`` Parameter; growth within a layer's capacity keeps that Parameter and
+remaps the optimizer's per-edge moments (new edges start with zero moments), growth beyond it
+swaps a longer Parameter into the optimizer with its moments moved (`SparseLinear.grow`);
+neurons are pre-allocated slots switched on by an active mask, so no other parameter changes
+shape.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class GrowthHook(Hook):
     def on_epoch_start(self, loop: TrainLoop, epoch: int) -> None:
         self.book = 0.0
         self.events = self.added = self.neurons = self.structures = 0
-        # fixed objects: growth swaps .data, never the Parameter
+        # re-read after every growth event (growth past a capacity swaps a Parameter)
         self.params = list(self.model.network.parameters())
         self.sample = self.final = False
 

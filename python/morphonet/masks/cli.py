@@ -28,7 +28,9 @@ def _render(cmp, out: Path) -> int:
     """Rewrite compare.md / compare.json of an earlier run from its compare.json, or from the
     runs an interrupted run finished (runs.partial.jsonl); no training."""
     path, partial = out / "compare.json", out / "runs.partial.jsonl"
-    if path.exists():
+    # an interrupted run leaves its partial records beside an older compare.json: the newer
+    if path.exists() and not (partial.exists()
+                              and partial.stat().st_mtime > path.stat().st_mtime):
         results, meta = cmp.load_runs(path)
     elif partial.exists():
         results = cmp.load_partial(partial)

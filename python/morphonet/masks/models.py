@@ -128,6 +128,8 @@ class MorphoModel(nn.Module):
 
     @property
     def temperature(self) -> float:
+        """The current temperature T (the first masked layer's; `set_temperature` sets every
+        layer's)."""
         layers = self.masked_layers()
         return float(layers[0].temperature) if layers else 1.0
 
@@ -294,8 +296,8 @@ class MorphoNetMLP(MorphoModel):
         return list(zip(self.layers[:-1], self.norms))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, input_dim) → (B, n_classes)
-        if x.dim() != 2 or x.shape[1] != self.config.input_dim:
-            raise ValueError(f"expected input (batch, {self.config.input_dim}), got shape "
+        if not self._fits(x):
+            raise ValueError(f"expected input {self.expected_input()}, got shape "
                              f"{tuple(x.shape)}")
         h = x
         for i, layer in enumerate(self.layers[:-1]):

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from morpho_kernels.checks import check_instance
+from morpho_kernels.nn import mask_parameters
 
 from ..checks import resolve_device
 from ..loop import Callback, Hook, TrainLoop, probe
@@ -50,8 +51,9 @@ class MorphoTrainer:
         self.config = check_instance("config", config or model.config, MorphoConfig).validate()
         self.log = log
         self.device = resolve_device(self.config.device)
-        masks = [p for n, p in model.named_parameters() if n.endswith("mask_logits")]
-        weights = [p for n, p in model.named_parameters() if not n.endswith("mask_logits")]
+        masks = mask_parameters(model)  # mask logits and head gates: their own Adam, no decay
+        ids = {id(p) for p in masks}
+        weights = [p for p in model.parameters() if id(p) not in ids]
         self.weight_opt = torch.optim.AdamW(weights, lr=self.config.weight_lr,
                                             weight_decay=self.config.weight_decay)
         self.mask_opt = torch.optim.Adam(masks, lr=self.config.mask_lr)

@@ -323,6 +323,8 @@ class MorphoNetTransformer(MorphoModel):
         return self.vocab_size if self.config.task == "lm" else self.config.n_classes
 
     def _check_features(self, x: Tensor, name: str) -> Tensor:
+        """Integer token ids (batch, seq_len ≤ max_seq_len) in [0, vocab_size), as int64: the
+        rule of `check_inputs` and of every forward."""
         if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
             raise ValueError(f"{name} must hold integer token ids for a transformer, got dtype "
                              f"{x.dtype}")
@@ -333,7 +335,7 @@ class MorphoNetTransformer(MorphoModel):
         if x.shape[1] > self.config.max_seq_len:
             raise ValueError(f"{name} has sequences of length {x.shape[1]} but the model's "
                              f"max_seq_len is {self.config.max_seq_len}")
-        lo, hi = int(x.min()), int(x.max())
+        lo, hi = (int(x.min()), int(x.max())) if x.numel() else (0, 0)
         if lo < 0 or hi >= self.vocab_size:
             raise ValueError(f"{name} has token ids in [{lo}, {hi}] but the model's vocab_size "
                              f"is {self.vocab_size} (ids must be in [0, {self.vocab_size - 1}])")
@@ -355,18 +357,7 @@ class MorphoNetTransformer(MorphoModel):
     def _check_input(self, x: Tensor, attention_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor of token ids, got {type(x).__name__}")
-        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-            raise ValueError(f"x must hold integer token ids, got dtype {x.dtype}")
-        if x.dim() != 2 or x.shape[1] < 1:
-            raise ValueError(f"x must have shape (batch, seq_len) with seq_len >= 1, got "
-                             f"{tuple(x.shape)}")
-        if x.shape[1] > self.config.max_seq_len:
-            raise ValueError(f"x has seq_len {x.shape[1]} > max_seq_len "
-                             f"{self.config.max_seq_len}")
-        x = x.long()
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
-            raise ValueError(f"x has token ids in [{int(x.min())}, {int(x.max())}], outside "
-                             f"[0, vocab_size={self.vocab_size})")
+        x = self._check_features(x, "x")
         if attention_mask is None:
             if self.config.pad_token_id is not None:
                 return x, x != self.config.pad_token_id
