@@ -197,18 +197,19 @@ class ANNBlock(nn.Module):
 
     @property
     def alpha(self) -> Tensor:
-        """α, the conv branch's weight (a 0-d tensor)."""
-        return self.mix()
+        """α, the conv branch's weight (a 0-d tensor, detached)."""
+        return self.mix().detach()
 
     @property
     def P(self) -> Tensor:
-        """The deterministic depth gate (a 0-d tensor; 1 without gates)."""
-        return self.p_gate.value()[0] if self.p_gate is not None else torch.ones(())
+        """The deterministic depth gate (a 0-d tensor, detached; 1 without gates)."""
+        return self.p_gate.value()[0].detach() if self.p_gate is not None else torch.ones(())
 
     @property
     def C(self) -> Tensor:
-        """The deterministic channel gates (out_ch,) (ones without gates)."""
-        return self.c_gate.value() if self.c_gate is not None else torch.ones(self.out_ch)
+        """The deterministic channel gates (out_ch,), detached (ones without gates)."""
+        return (self.c_gate.value().detach() if self.c_gate is not None
+                else torch.ones(self.out_ch))
 
     # ------------------------------------------------------------------ forward
 
