@@ -35,7 +35,7 @@ import torch
 
 from ..config import Config, ints, setting
 from ..data import load_dataset
-from ..files import atomic_write, write_json
+from ..files import atomic_write, read_json, write_json
 from ..loop import evaluate
 from .config import NetConfig, TrainConfig
 from .export import export_static, measure_latency, reinitialise
@@ -45,21 +45,22 @@ from .plots import plot_gates, plot_tradeoff
 from .trainer import AutoplasticTrainer
 
 __all__ = ["AutoplasticExperimentConfig", "METHODS", "PENALTIES", "SETUPS", "TUNE_GRID",
-           "format_report", "paired", "run_experiment", "run_tune"]
+           "choose", "format_report", "paired", "run_experiment", "run_tune"]
 
 METHODS = ("full", "learned", "rules", "static")
 DATASETS = ("mnist1d", "digits")
 
 # The networks and budgets of the experiment (chosen for a one-thread CPU run of ~30 min):
-# 4 blocks (16, 16, 32, 32 channels; one stride-2 step), 30 epochs. The gates' logits move at
-# most ~lr_a = 0.005 a step (Adam at base_lr / 20), and the cosine schedule halves the
-# distance, so closing a gate from 0.9 (4 logit units) needs ~1600 steps: batch 64 on
-# MNIST-1D's 3400 training rows (53 steps an epoch), batch 32 on digits' 1257 (40 steps).
+# 4 blocks (16, 16, 32, 32 channels; one stride-2 step). The gates' logits move at most
+# ~lr_a = 0.005 a step (Adam at base_lr / 20), and the cosine schedule halves the distance,
+# so closing a gate from 0.9 (4 logit units) needs ~1600 steps: 30 epochs of batch 64 on
+# MNIST-1D's 3400 training rows (53 steps an epoch), 40 epochs of batch 32 on digits' 1257
+# (40 steps; at 30 epochs, 1200 steps, no gate of the tuning runs reached 0).
 SETUPS: dict[str, dict[str, dict[str, Any]]] = {
     "mnist1d": {"net": dict(stem_width=16, widths=(16, 16, 32, 32), strides=(1, 1, 2, 1)),
                 "train": dict(epochs=30, batch_size=64)},
     "digits": {"net": dict(stem_width=16, widths=(16, 16, 32, 32), strides=(1, 1, 2, 1)),
-               "train": dict(epochs=30, batch_size=32)},
+               "train": dict(epochs=40, batch_size=32)},
 }
 # (λ, λ_C) tried by `run_tune` on validation, and the ones it chose (results/autoplastic/tune.md)
 TUNE_GRID = ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0))
@@ -313,7 +314,7 @@ def _run(cfg: AutoplasticExperimentConfig, progress: bool,
                         f"{m}_{k}": v for m, lat in unit["latency"].items()
                         for k, v in lat.items()}})
                 if seed == seeds[0]:
-                    _first_seed_outputs(out, name, unit["histories"])
+                    _first_seed_outputs(out, name, seed, unit["histories"])
     finally:
         if bar is not None:
             bar.close()
@@ -329,11 +330,11 @@ def _run(cfg: AutoplasticExperimentConfig, progress: bool,
     return res
 
 
-def _first_seed_outputs(out: Path, name: str, hists: dict[str, list]) -> None:
+def _first_seed_outputs(out: Path, name: str, seed: int, hists: dict[str, list]) -> None:
     for method in ("learned", "rules"):
         if method in hists:
             plot_gates(hists[method], out / f"gates_{name}_{method}.png",
-                       f"{name}, seed {hists[method][0].get('seed', 'first')}: {method} gates")
+                       f"{name}, seed {seed}: {method} gates")
     if "learned" in hists:
         h = hists["learned"]
         text = "\n\n".join(format_epoch(r, len(h)) for r in h) + "\n"
@@ -436,9 +437,10 @@ def verdicts(res: dict[str, Any]) -> list[str]:
 def run_tune(cfg: AutoplasticExperimentConfig, progress: bool = True,
              log: Optional[Callable[[str], None]] = print) -> dict[str, Any]:
     """Choose (λ, λ_C) per dataset on validation: the full network and each `TUNE_GRID` pair on
-    ``cfg.tune_seeds`` (disjoint from the evaluation seeds); the choice is the pair with the
-    lowest mean FLOPs ratio among those whose mean validation accuracy is within 0.5 points of
-    the full network's (else the most accurate). Writes ``tune.json`` and ``tune.md``."""
+    ``cfg.tune_seeds`` (disjoint from the evaluation seeds); the choice (`choose`) is the most
+    accurate pair on validation among those that remove something (mean FLOPs ratio ≤ 0.9),
+    else the most accurate. Writes ``tune.json`` and ``tune.md``; the rows of datasets not
+    tuned this time are kept from an earlier ``tune.json``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -454,7 +456,10 @@ def _tune(cfg: AutoplasticExperimentConfig, progress: bool,
     bar = _bar(len(cfg.datasets) * len(cfg.tune_seeds) * (1 + len(TUNE_GRID)), progress,
                "autoplastic tune")
     say = (bar.write if bar is not None else log) if log else None
-    t0, rows, chosen = time.perf_counter(), [], {}
+    t0, rows = time.perf_counter(), []
+    old = out / "tune.json"
+    if old.exists():
+        rows = [r for r in read_json(old)["rows"] if r["dataset"] not in cfg.datasets]
     try:
         for name in cfg.datasets:
             for seed in cfg.tune_seeds:
@@ -467,6 +472,7 @@ def _tune(cfg: AutoplasticExperimentConfig, progress: bool,
                     res = _fit(model, tcfg, data)
                     static = export_static(model)
                     row = {"dataset": name, "seed": seed, "penalty": list(pen) if pen else None,
+                           "epochs": tcfg.epochs, "batch_size": tcfg.batch_size,
                            "val_acc": res["best_val_acc"],
                            "flops_ratio": static.macs(data["shape"]) / model.macs(data["shape"]),
                            "depth": model.structure()["depth"],
@@ -477,10 +483,10 @@ def _tune(cfg: AutoplasticExperimentConfig, progress: bool,
                             f"FLOPs {row['flops_ratio']:.2f}")
                     if bar is not None:
                         bar.update(1)
-            chosen[name] = _choose(rows, name)
     finally:
         if bar is not None:
             bar.close()
+    chosen = {name: choose(rows, name) for name in dict.fromkeys(r["dataset"] for r in rows)}
     res = {"config": cfg.to_dict(), "grid": [list(p) for p in TUNE_GRID], "rows": rows,
            "chosen": chosen, "wall_s": time.perf_counter() - t0}
     write_json(out / "tune.json", res)
@@ -488,31 +494,39 @@ def _tune(cfg: AutoplasticExperimentConfig, progress: bool,
     return res
 
 
-def _choose(rows: list[dict[str, Any]], name: str) -> list[float]:
+def choose(rows: list[dict[str, Any]], name: str, max_flops: float = 0.9) -> list[float]:
+    """The tuning rule: among the `TUNE_GRID` pairs whose mean FLOPs ratio on ``name`` is at
+    most ``max_flops`` (they remove something), the one with the best mean validation
+    accuracy (ties: fewer FLOPs); without such a pair, the most accurate one.
+
+    The rule first written (the fewest FLOPs within 0.5 points of the full network's
+    validation accuracy) admitted no pair on MNIST-1D, where every learned pair was 1.2-1.7
+    points below the full network, and so chose the pair that removed nothing; the issue's
+    target needs a network that removes something, hence this rule (docs/autoplastic.md)."""
     def mean(pen, key):
         return statistics.fmean(r[key] for r in rows if r["dataset"] == name
                                 and r["penalty"] == pen)
 
-    full = mean(None, "val_acc")
     grid = [list(p) for p in TUNE_GRID]
-    ok = [p for p in grid if mean(p, "val_acc") >= full - 0.005]
-    if ok:
-        return min(ok, key=lambda p: (mean(p, "flops_ratio"), -mean(p, "val_acc")))
-    return max(grid, key=lambda p: mean(p, "val_acc"))
+    ok = [p for p in grid if mean(p, "flops_ratio") <= max_flops]
+    return max(ok or grid, key=lambda p: (mean(p, "val_acc"), -mean(p, "flops_ratio")))
 
 
 def _tune_table(res: dict[str, Any]) -> str:
     lines = ["# autoplastic: (λ, λ_C) chosen on validation", "",
-             f"seeds {res['config']['tune_seeds']} (not evaluation seeds), wall "
-             f"{res['wall_s']:.0f} s. Rule: lowest mean FLOPs ratio among the pairs whose mean "
-             "validation accuracy is within 0.5 points of the full network's.", "",
-             "| dataset | penalty (λ, λ_C) | mean val acc % | mean FLOPs ratio | depths | "
-             "active channels in kept blocks | chosen |", "|---|---|---|---|---|---|---|"]
+             f"seeds {res['config']['tune_seeds']} (not evaluation seeds); this run's wall "
+             f"{res['wall_s']:.0f} s. Rule (`experiment.choose`): the best mean validation "
+             "accuracy among the pairs with a mean FLOPs ratio ≤ 0.9 (else the most accurate).",
+             "",
+             "| dataset | epochs × batch | penalty (λ, λ_C) | mean val acc % | mean FLOPs ratio | "
+             "depths | active channels in kept blocks | chosen |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["dataset"] for r in res["rows"]):
         for pen in [None, *res["grid"]]:
             rs = [r for r in res["rows"] if r["dataset"] == name and r["penalty"] == pen]
+            budget = f"{rs[0].get('epochs', '?')} × {rs[0].get('batch_size', '?')}"
             lines.append(
-                f"| {name} | {tuple(pen) if pen else 'full (no gates)'} | "
+                f"| {name} | {budget} | {tuple(pen) if pen else 'full (no gates)'} | "
                 f"{100 * statistics.fmean(r['val_acc'] for r in rs):.2f} | "
                 f"{statistics.fmean(r['flops_ratio'] for r in rs):.2f} | "
                 f"{[r['depth'] for r in rs]} | "

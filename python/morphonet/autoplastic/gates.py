@@ -42,9 +42,9 @@ BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # hard-concrete temperature and stretch (L
 
 class Gate(nn.Module):
     """n gate values in [lo, hi]. `forward` gives the values a step uses (training: one draw
-    per row of the batch, (batch, n); eval: the deterministic (n,)); `value` the deterministic
-    ones; `prob_active` a differentiable P(gate ≠ 0) per gate (the penalty's unit);
-    `active` which deterministic values are not 0."""
+    per row of the batch, (batch, n); eval, or ``frozen``: the deterministic (n,)); `value`
+    the deterministic ones; `prob_active` a differentiable P(gate ≠ 0) per gate (the
+    penalty's unit); `active` which deterministic values are not 0."""
 
     learned = False
 
@@ -55,6 +55,7 @@ class Gate(nn.Module):
         self.hi = check_fraction("hi", hi, lo_open=True)
         if self.lo >= self.hi:
             raise ValueError(f"lo={lo} must be below hi={hi}")
+        self.frozen = False  # training steps use the deterministic values (`hooks.FreezeGates`)
 
     def _scale(self, z: Tensor) -> Tensor:
         return z if (self.lo, self.hi) == (0.0, 1.0) else self.lo + (self.hi - self.lo) * z
@@ -74,7 +75,7 @@ class Gate(nn.Module):
         return self.value().expand(batch, self.n)
 
     def forward(self, batch: Optional[int] = None) -> Tensor:
-        if self.training and batch is not None:
+        if self.training and batch is not None and not self.frozen:
             return self.sample(batch)
         return self.value()
 

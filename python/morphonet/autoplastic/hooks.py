@@ -30,7 +30,7 @@ from .models import AutoplasticNet
 from .stability import EMASnapshot, block_weights, channel_stability, stability
 
 __all__ = ["AutoplasticLoss", "CosineWarmup", "GateLog", "GatePenalty", "MixUp", "MixedTarget",
-           "RuleGates", "SelectFrom", "StabilityGate", "format_epoch"]
+           "FreezeGates", "RuleGates", "SelectFrom", "StabilityGate", "format_epoch"]
 
 
 # ---------------------------------------------------------------------------- loss, MixUp
@@ -200,6 +200,9 @@ class GatePenalty(Hook):
         return self.model.expected_macs(self.shape) / self.full
 
     def penalty(self, loop: TrainLoop) -> Optional[Tensor]:
+        if any(g.frozen for b in self.model.blocks for g in (b.p_gate, b.c_gate)
+               if g is not None):
+            return None  # `FreezeGates`: the structure is fixed
         out = None
         if self.sparsity > 0:
             out = self.sparsity * self.ratio()
@@ -212,6 +215,41 @@ class GatePenalty(Hook):
         with torch.no_grad():
             record["expected_flops"] = float(self.ratio())
             record["expected_channels"] = float(self.model.expected_active_ratio())
+
+
+class FreezeGates(Hook):
+    """From epoch ``first`` on (0-based), the learned gates are fixed at their deterministic
+    values: steps use those values (no more draws) and the gates' logits get no gradient, so
+    the weights fine-tune under the structure the export will have and the norms' running
+    statistics are those of that structure. Only those epochs may be chosen as the best one.
+    The record gets ``gates_frozen``."""
+
+    def __init__(self, model: AutoplasticNet, first: int):
+        self.model, self.first = model, check_int("first", first, 0)
+        self.gates = [g for b in model.blocks for g in (b.p_gate, b.c_gate)
+                      if g is not None and g.learned]
+        self.frozen = False
+
+    def on_epoch_start(self, loop: TrainLoop, epoch: int) -> None:
+        self.frozen = epoch >= self.first
+        for g in self.gates:
+            g.frozen = self.frozen
+
+    def after_backward(self, loop: TrainLoop) -> None:
+        if self.frozen:
+            for g in self.gates:
+                for p in g.parameters():
+                    p.grad = None
+
+    def on_train_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        record["gates_frozen"] = self.frozen
+
+    def selectable(self, loop: TrainLoop, record: dict[str, Any]) -> bool:
+        return record["epoch"] >= self.first
+
+    def on_fit_end(self, loop: TrainLoop, result: dict[str, Any]) -> None:
+        for g in self.gates:
+            g.frozen = False
 
 
 # ---------------------------------------------------------------------------- the seed's rules

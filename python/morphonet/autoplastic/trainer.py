@@ -31,6 +31,7 @@ from .config import TrainConfig
 from .hooks import (
     AutoplasticLoss,
     CosineWarmup,
+    FreezeGates,
     GateLog,
     GatePenalty,
     MixUp,
@@ -96,6 +97,8 @@ class AutoplasticTrainer:
             elif cfg.gates == "learned" and (cfg.sparsity > 0 or cfg.channel_sparsity > 0):
                 hooks.append(GatePenalty(model, input_shape, cfg.sparsity,
                                          cfg.channel_sparsity))
+            if cfg.gates == "learned" and cfg.freeze_gates < 1:
+                hooks.append(FreezeGates(model, int(cfg.freeze_gates * cfg.epochs)))
             hooks.append(GateLog(model, cfg.epochs, self.log))
         return hooks
 

@@ -17,7 +17,7 @@ from morphonet.autoplastic import (
     TrainConfig,
 )
 from morphonet.autoplastic.cli import add_autoplastic_parser
-from morphonet.autoplastic.experiment import _choose, paired
+from morphonet.autoplastic.experiment import choose, paired
 from morphonet.autoplastic.hooks import MixedTarget, format_epoch
 
 NET = NetConfig(dims=1, in_channels=1, num_classes=3, stem_width=4, widths=(4, 4, 8),
@@ -87,6 +87,16 @@ def test_the_penalty_closes_gates_and_the_export_follows():
     assert model.structure()["active_ratio"] < 1.0  # some gate reached exactly 0
 
 
+def test_frozen_gates_stay_and_are_deterministic():
+    model, _, res = _train(epochs=4, sparsity=5.0, freeze_gates=0.5, arch_lr_ratio=2.0)
+    h = res["history"]
+    assert [r["gates_frozen"] for r in h] == [False, False, True, True]
+    assert h[2]["P"] == h[3]["P"] and h[2]["meanC"] == h[3]["meanC"]
+    assert h[0]["P"] != h[1]["P"]  # they moved before
+    assert res["best_epoch"] >= 2
+    assert not any(b.p_gate.frozen for b in model.blocks)  # released after training
+
+
 def test_rule_gates_move_by_the_seeds_step_within_the_floors():
     model, _, res = _train(epochs=2, gates="rules")
     eta = 0.1 / 20
@@ -142,10 +152,13 @@ def test_paired_interval_and_the_tuning_rule():
     half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, 2) · sd / √n
     assert p["lo"] == pytest.approx(0.01 - half) and p["hi"] == pytest.approx(0.01 + half)
     rows = [{"dataset": "d", "penalty": pen, "val_acc": acc, "flops_ratio": fl}
-            for pen, acc, fl in ((None, 0.95, 1.0), ([1.0, 0.5], 0.948, 0.8),
+            for pen, acc, fl in ((None, 0.95, 1.0), ([1.0, 0.5], 0.948, 0.95),
                                  ([1.0, 1.0], 0.90, 0.5), ([1.5, 0.5], 0.947, 0.7),
                                  ([1.5, 1.0], 0.94, 0.6))]
-    assert _choose(rows, "d") == [1.5, 0.5]  # the cheapest within 0.5 points of the full net
+    assert choose(rows, "d") == [1.5, 0.5]  # the most accurate with FLOPs ratio <= 0.9
+    for r in rows:
+        r["flops_ratio"] = 1.0
+    assert choose(rows, "d") == [1.0, 0.5]  # nothing removes anything: the most accurate
 
 
 def test_cli_registers_on_a_parser():
