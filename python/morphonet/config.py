@@ -39,8 +39,8 @@ from .checks import (
     check_real,
 )
 
-__all__ = ["ACTIVATIONS", "Config", "flag", "fraction", "int_list", "ints", "one_of", "reals",
-           "setting"]
+__all__ = ["ACTIVATIONS", "Config", "flag", "fraction", "int_list", "ints", "names", "one_of",
+           "real_list", "reals", "setting"]
 
 _C = TypeVar("_C", bound="Config")
 Check = Callable[[str, Any], Any]
@@ -97,6 +97,33 @@ def int_list(lo: int = 1, *, allow_empty: bool = True, length: int | None = None
     """A list (or tuple) of ints >= lo (`check_int_list`)."""
     return partial(check_int_list, lo=lo, allow_empty=allow_empty, length=length,
                    as_tuple=as_tuple)
+
+
+def names(*allowed: str) -> Check:
+    """A non-empty list of distinct names from ``allowed`` (kept in the given order, as a
+    tuple), e.g. the datasets or methods of an experiment."""
+    def check(name: str, v: Any) -> tuple:
+        if isinstance(v, str) or not isinstance(v, (list, tuple)):
+            raise TypeError(f"{name} must be a list of names from {allowed}, got {v!r}")
+        bad = [x for x in v if x not in allowed]
+        if bad or not v or len(set(v)) != len(v):
+            raise ValueError(f"{name} must be a non-empty list of distinct names from "
+                             f"{allowed}, got {list(v)!r}")
+        return tuple(v)
+    return check
+
+
+def real_list(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+              hi_open: bool = False, allow_empty: bool = False) -> Check:
+    """A tuple of numbers, each checked as `reals` checks one."""
+    def check(name: str, v: Any) -> tuple:
+        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)):
+            raise TypeError(f"{name} must be a list of numbers, got {v!r}")
+        if not v and not allow_empty:
+            raise ValueError(f"{name} must not be empty")
+        return tuple(check_real(f"{name}[{i}]", x, lo, hi, lo_open=lo_open, hi_open=hi_open)
+                     for i, x in enumerate(v))
+    return check
 
 
 # ---------------------------------------------------------------------------- the base
