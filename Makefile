@@ -25,7 +25,8 @@ $(VENV)/.installed: $(SOURCES)
 	test -x $(VENV)/bin/python || $(BOOT_PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install numpy "triton>=3.6" pybind11 ninja "setuptools>=64" wheel \
-		pytest pytest-benchmark hypothesis networkx scikit-learn mnist1d matplotlib tqdm
+		pytest pytest-benchmark hypothesis networkx scikit-learn scipy mnist1d matplotlib tqdm \
+		torch-pruning
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -1,7 +1,8 @@
 """The ``morpho`` command line. Each system registers its subcommands:
 
 - MorphoNet Pro (`morphonet.masks.cli`): ``compare`` (the main job), ``demo``;
-- Structure Net (`morphonet.growth.cli`): ``grow``.
+- Structure Net (`morphonet.growth.cli`): ``grow``;
+- MorphNet (`morphonet.morph.cli`): ``morph``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``morpho`` parser with every system's subcommands."""
     from .growth.cli import add_grow_parser
     from .masks.cli import add_parsers
+    from .morph.cli import add_morph_parser
 
     parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
     parser.set_defaults(argv=argv)
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)
     add_grow_parser(sub)
+    add_morph_parser(sub)
     return parser
 
 
