@@ -20,6 +20,8 @@ def _autoplastic(args: argparse.Namespace) -> int:
             kw[key] = getattr(args, key)
     if args.methods is not None:
         kw["methods"] = tuple(args.methods)
+    if args.gate_kind is not None:
+        kw["gate_kind"] = args.gate_kind
     if args.penalty is not None:
         kw["penalties"] = {d: list(args.penalty) for d in args.datasets}
     cfg = (AutoplasticExperimentConfig.quick(**kw) if args.quick
@@ -61,6 +63,9 @@ def add_autoplastic_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--penalty", type=float, nargs=2, default=None, metavar=("LAMBDA", "LAMBDA_C"),
                    help="the learned gates' λ (expected FLOPs) and λ_C (expected channels) for "
                    "every dataset (default: the values chosen by --tune)")
+    p.add_argument("--gate-kind", dest="gate_kind", default=None,
+                   choices=["hard_concrete", "sigmoid_st"],
+                   help="the learned gates (default hard_concrete)")
     p.add_argument("--tune", action="store_true",
                    help="choose (λ, λ_C) per dataset on validation (seeds 100, 101)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 3 epochs")

@@ -70,7 +70,7 @@ class TrainConfig(Config):
     gates: str = setting("learned", one_of(*GATES))
     gate_kind: str = setting("hard_concrete", one_of(*GATE_KINDS))
     sparsity: float = setting(1.5, reals(0))  # λ of the expected-FLOPs L0 penalty
-    channel_sparsity: float = setting(0.0, reals(0))  # λ_C of the expected active-channel L0
+    channel_sparsity: float = setting(0.5, reals(0))  # λ_C of the expected active-channel L0
     use_floors: bool = setting(False, flag())  # the seed's floors on the learned gates
     amp_dtype: str = setting("bfloat16", one_of("bfloat16", "float16"))
     channels_last: bool = setting(False, flag())  # 2-D models only

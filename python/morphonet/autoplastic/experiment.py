@@ -33,11 +33,11 @@ from typing import Any, Optional
 
 import torch
 
-from ..config import Config, ints, setting
+from ..config import Config, ints, one_of, setting
 from ..data import load_dataset
 from ..files import atomic_write, read_json, write_json
 from ..loop import evaluate
-from .config import NetConfig, TrainConfig
+from .config import GATE_KINDS, NetConfig, TrainConfig
 from .export import export_static, measure_latency, reinitialise
 from .hooks import format_epoch
 from .models import AutoplasticNet
@@ -64,7 +64,7 @@ SETUPS: dict[str, dict[str, dict[str, Any]]] = {
 }
 # (λ, λ_C) tried by `run_tune` on validation, and the ones it chose (results/autoplastic/tune.md)
 TUNE_GRID = ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0))
-PENALTIES: dict[str, tuple[float, float]] = {"mnist1d": (1.5, 1.0), "digits": (1.5, 1.0)}
+PENALTIES: dict[str, tuple[float, float]] = {"mnist1d": (1.5, 0.5), "digits": (1.5, 0.5)}
 
 
 def _names(allowed: tuple[str, ...]):
@@ -103,6 +103,7 @@ class AutoplasticExperimentConfig(Config):
     penalties: dict = setting(check=_penalties, factory=lambda: dict(PENALTIES))
     tune_seeds: tuple = setting((100, 101), lambda n, v: tuple(ints(0)(f"{n}[{i}]", s)
                                                                  for i, s in enumerate(v)))
+    gate_kind: str = setting("hard_concrete", one_of(*GATE_KINDS))  # of the learned gates
     latency_batch: int = setting(256, ints(1))
     latency_repeats: int = setting(30, ints(1))
     out_dir: str = setting("results/autoplastic")
@@ -146,7 +147,7 @@ def configs(name: str, seed: int, cfg: AutoplasticExperimentConfig, data: dict[s
                     **setup["net"])
     lam, lam_c = penalty if penalty is not None else cfg.penalties[name]
     train = dict(setup["train"], seed=seed, gates=gates, sparsity=lam, channel_sparsity=lam_c,
-                 device="cpu")
+                 gate_kind=cfg.gate_kind, device="cpu")
     if cfg.epochs is not None:
         train.update(epochs=cfg.epochs, warmup_epochs=min(3, cfg.epochs - 1))
     return net, TrainConfig(**train)
