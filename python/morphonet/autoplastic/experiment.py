@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..checks import check_choice, check_instance
 from ..config import Config, ints, one_of, setting
 from ..data import load_dataset
 from ..files import atomic_write, read_json, write_json
@@ -68,14 +69,12 @@ PENALTIES: dict[str, tuple[float, float]] = {"mnist1d": (1.5, 0.5), "digits": (1
 
 
 def _names(allowed: tuple[str, ...]):
+    """A check: a non-empty list / tuple of names from ``allowed``, as a tuple."""
     def check(name: str, v) -> tuple:
-        if isinstance(v, str) or not isinstance(v, (list, tuple)):
-            raise TypeError(f"{name} must be a list of names from {allowed}, got {v!r}")
-        bad = [x for x in v if x not in allowed]
-        if bad or not v:
-            raise ValueError(f"{name} must be a non-empty list of names from {allowed}, got "
-                             f"{list(v)!r}")
-        return tuple(v)
+        check_instance(name, v, (list, tuple))
+        if not v:
+            raise ValueError(f"{name} must not be empty (choose from {allowed})")
+        return tuple(check_choice(f"{name}[{i}]", x, allowed) for i, x in enumerate(v))
     return check
 
 

@@ -17,7 +17,7 @@ from morphonet.autoplastic import (
     TrainConfig,
 )
 from morphonet.autoplastic.cli import add_autoplastic_parser
-from morphonet.autoplastic.experiment import choose, paired
+from morphonet.autoplastic.experiment import AutoplasticExperimentConfig, choose, paired
 from morphonet.autoplastic.hooks import MixedTarget, format_epoch
 
 NET = NetConfig(dims=1, in_channels=1, num_classes=3, stem_width=4, widths=(4, 4, 8),
@@ -159,6 +159,18 @@ def test_paired_interval_and_the_tuning_rule():
     for r in rows:
         r["flops_ratio"] = 1.0
     assert choose(rows, "d") == [1.0, 0.5]  # nothing removes anything: the most accurate
+
+
+def test_experiment_config_checks_its_fields():
+    c = AutoplasticExperimentConfig()
+    assert c.seeds == 6 and c.datasets == ("mnist1d", "digits") and c.penalties["mnist1d"]
+    assert AutoplasticExperimentConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match=r"datasets\[0\]"):
+        AutoplasticExperimentConfig(datasets=["cifar"])
+    with pytest.raises(ValueError, match="learned"):
+        AutoplasticExperimentConfig(methods=["full", "static"])
+    with pytest.raises(ValueError, match="penalties"):
+        AutoplasticExperimentConfig(penalties={"digits": [1.0, 0.5]})
 
 
 def test_cli_registers_on_a_parser():
