@@ -39,8 +39,8 @@ from .checks import (
     check_real,
 )
 
-__all__ = ["ACTIVATIONS", "Config", "flag", "fraction", "int_list", "ints", "names", "one_of",
-           "real_list", "reals", "setting"]
+__all__ = ["ACTIVATIONS", "Config", "flag", "fraction", "int_dict", "int_list", "ints", "names",
+           "one_of", "real_list", "reals", "setting"]
 
 _C = TypeVar("_C", bound="Config")
 Check = Callable[[str, Any], Any]
@@ -110,6 +110,15 @@ def names(*allowed: str) -> Check:
             raise ValueError(f"{name} must be a non-empty list of distinct names from "
                              f"{allowed}, got {list(v)!r}")
         return tuple(v)
+    return check
+
+
+def int_dict(lo: int = 1) -> Check:
+    """A dict {name: int ≥ lo} (e.g. epochs per dataset)."""
+    def check(name: str, v: Any) -> dict:
+        if not isinstance(v, dict):
+            raise TypeError(f"{name} must be a dict {{name: int}}, got {v!r}")
+        return {k: check_int(f"{name}[{k!r}]", x, lo) for k, x in v.items()}
     return check
 
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Optional
 
+from ..commands import add_command, standalone
+
 
 def _grow(args: argparse.Namespace) -> int:
     from .experiment import GrowExperimentConfig, run_grow_experiment
@@ -52,10 +54,9 @@ def _grow(args: argparse.Namespace) -> int:
 def add_grow_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``grow`` on an ``argparse`` subparsers object; returns the new parser (its
     ``func`` default runs the experiment)."""
-    if not hasattr(subparsers, "add_parser"):
-        raise TypeError("subparsers must be the object returned by add_subparsers()")
-    p = subparsers.add_parser(
-        "grow", help="Structure Net: grow from <=0.1%% connectivity, compare with RigL/SET/static",
+    p = add_command(
+        subparsers, "grow",
+        help="Structure Net: grow from <=0.1%% connectivity, compare with RigL/SET/static",
         description="Structure Net on digits and MNIST-1D against RigL, SET and static sparse "
                     "training at equal final density; writes results.json, table.md and "
                     "timeline.png.")
@@ -89,11 +90,7 @@ def add_grow_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Standalone entry point: ``python -m morphonet.growth.cli grow [...]``."""
-    parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_grow_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return standalone(add_grow_parser, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..checks import check_device
-from ..config import Config, int_list, ints, one_of, reals, setting
+from ..config import Config, int_dict, int_list, ints, names, one_of, reals, setting
 from ..data import load_dataset
 from ..files import atomic_write, write_json
 from ..loop import accuracy, shuffled_batches
@@ -43,18 +43,6 @@ METHODS = ("structure", "rigl", "set", "static")
 GROW_DATASETS = ("digits", "mnist1d")
 
 
-def _names(allowed: tuple[str, ...]):
-    def check(name: str, v) -> tuple:
-        if isinstance(v, str) or not isinstance(v, (list, tuple)):
-            raise TypeError(f"{name} must be a list of names from {allowed}, got {v!r}")
-        bad = [x for x in v if x not in allowed]
-        if bad or not v:
-            raise ValueError(f"{name} must be a non-empty list of names from {allowed}, got "
-                             f"{list(v)!r}")
-        return tuple(v)
-    return check
-
-
 def _cpu_only(name: str, v) -> str:
     """The seed's ``--device`` flag: Structure Net's growth bookkeeping (extrema windows, the
     router's target space) is written for CPU tensors, so "auto" means the CPU here and a GPU
@@ -67,12 +55,6 @@ def _cpu_only(name: str, v) -> str:
     return "cpu"
 
 
-def _epochs(name: str, v) -> dict:
-    if not isinstance(v, dict):
-        raise TypeError(f"{name} must be a dict {{dataset: epochs}}, got {v!r}")
-    return {k: ints(1)(f"{name}[{k!r}]", e) for k, e in v.items()}
-
-
 @dataclass
 class GrowExperimentConfig(Config):
     """Settings of the experiment (the defaults are the full run; ``quick()`` the short one).
@@ -81,9 +63,9 @@ class GrowExperimentConfig(Config):
     fractions of the epochs (2/15 and 1/3: the seed's 50 / 100 of a 375-epoch run scaled to a
     short run); every other unit is in the configs of the growth pieces."""
 
-    datasets: tuple = setting(GROW_DATASETS, _names(GROW_DATASETS))
+    datasets: tuple = setting(GROW_DATASETS, names(*GROW_DATASETS))
     seeds: int = setting(5, ints(1))
-    epochs: dict = setting(check=_epochs, factory=lambda: {"digits": 80, "mnist1d": 40})
+    epochs: dict = setting(check=int_dict(1), factory=lambda: {"digits": 80, "mnist1d": 40})
     hidden: tuple = setting((160, 80), int_list(1, as_tuple=True))
     activation: str = setting("tanh", one_of(*EXTREMA_ACTIVATIONS))
     sparsity: float = setting(1e-4, reals(0, 1))
@@ -91,7 +73,7 @@ class GrowExperimentConfig(Config):
     lr: float = setting(1e-2, reals(0, lo_open=True))
     phase_fractions: tuple = setting((2 / 15, 1 / 3), lambda n, v: tuple(
         reals(0, 1)(f"{n}[{i}]", x) for i, x in enumerate(v)))
-    methods: tuple = setting(METHODS, _names(METHODS))
+    methods: tuple = setting(METHODS, names(*METHODS))
     out_dir: str = setting("results/grow")
     device: str = setting("cpu", _cpu_only)
 

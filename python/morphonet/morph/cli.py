@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Optional
 
+from ..commands import add_command, standalone
+
 
 def _morph(args: argparse.Namespace) -> int:
     from ..files import read_records
@@ -50,11 +52,9 @@ def _morph(args: argparse.Namespace) -> int:
 def add_morph_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``morph`` on an ``argparse`` subparsers object; returns the new parser (its
     ``func`` default runs the experiment)."""
-    if not hasattr(subparsers, "add_parser"):
-        raise TypeError("subparsers must be the object returned by add_subparsers()")
-    p = subparsers.add_parser(
-        "morph", help="MorphNet: learned widths vs uniform scaling and Torch-Pruning at "
-                      "matched FLOPs",
+    p = add_command(
+        subparsers, "morph",
+        help="MorphNet: learned widths vs uniform scaling and Torch-Pruning at matched FLOPs",
         description="MorphNet's regularisers (batch-norm γ, group lasso, gates) against "
                     "uniform width scaling and Torch-Pruning's pruners at matched FLOPs on "
                     "MNIST-1D (1-D ResNet) and digits (CNN), paired by seed; writes report.md, "
@@ -82,11 +82,7 @@ def add_morph_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Standalone entry point: ``python -m morphonet.morph.cli morph [...]``."""
-    parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_morph_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return standalone(add_morph_parser, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..checks import check_device, resolve_device
-from ..config import Config, ints, names, real_list, reals, setting
+from ..config import Config, int_dict, ints, names, real_list, reals, setting
 from ..data import load_dataset
 from ..files import append_record, atomic_write, read_records, write_json
 from ..loop import Hook, TrainLoop, accuracy
@@ -83,27 +83,21 @@ def _scales(name: str, v: Any) -> Optional[dict]:
     return {k: reals(0, lo_open=True)(f"{name}[{k!r}]", x) for k, x in v.items()}
 
 
-def _epochs(name: str, v: Any) -> dict:
-    if not isinstance(v, dict):
-        raise TypeError(f"{name} must be a dict {{task: epochs}}, got {v!r}")
-    return {k: ints(1)(f"{name}[{k!r}]", e) for k, e in v.items()}
-
-
 @dataclass
 class MorphExperimentConfig(Config):
     """Settings of ``morpho morph`` (module docstring for the protocol)."""
 
     tasks: tuple = setting(TASKS, names(*TASKS))
     seeds: int = setting(6, ints(1))
-    epochs: dict = setting(check=_epochs, factory=lambda: {"mnist1d": 30, "digits": 30})
+    epochs: dict = setting(check=int_dict(1), factory=lambda: {"mnist1d": 30, "digits": 30})
     width: int = setting(32, ints(1))
     batch_size: int = setting(64, ints(1))
     lr: float = setting(3e-3, reals(0, lo_open=True))
     weight_decay: float = setting(1e-4, reals(0))
     gate_lr: float = setting(0.02, reals(0, lo_open=True))
     strength_scale: Optional[dict] = setting(None, check=lambda n, v: _scales(n, v))
-    strength_grid: tuple = setting((1 / 64, 1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0),
-                                   real_list(0, lo_open=True))
+    strength_grid: tuple = setting((1 / 64, 1 / 16, 1 / 4, 1.0, 4.0, 16.0, 64.0, 256.0,
+                                    1024.0), real_list(0, lo_open=True))
     calibrate_flops: float = setting(0.35, reals(0, 1, lo_open=True, hi_open=True))
     ratios: tuple = setting((0.5, 0.25, 0.125), real_list(0, 1, lo_open=True))
     methods: tuple = setting(METHODS, names(*METHODS))

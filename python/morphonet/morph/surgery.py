@@ -247,21 +247,7 @@ def _rebuild_modules(model: nn.Module, graph: ChannelGraph, keep: dict[int, Tens
                      consts) -> nn.Module:
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
-    ins = _consumer_inputs(graph)
-    outs: dict[str, Tensor] = {}
-    for gid, k in keep.items():
-        for name in graph.groups[gid].producers:
-            outs[name] = k
-    norms: dict[str, list] = {}
-    pass_: dict[str, list] = {}
-    for g in graph.groups.values():
-        for name, off in g.norms:
-            norms.setdefault(name, []).append((off, g.id, 1, g.size))
-        for name, off in g.passthrough:
-            pass_.setdefault(name, []).append((off, g.id, 1, g.size))
-    touched = set(outs) | {n for n in ins if any(e[1] in keep for e in ins[n])} | \
-        {n for n in norms if any(e[1] in keep for e in norms[n])} | \
-        {n for n in pass_ if any(e[1] in keep for e in pass_[n])}
+    ins, outs, norms, pass_, touched = _roles(graph, keep)
     for name in touched:
         m = modules[name]
         if name in pass_:
@@ -275,6 +261,24 @@ def _rebuild_modules(model: nn.Module, graph: ChannelGraph, keep: dict[int, Tens
             new = _slice_layer(m, in_idx, out_idx, value)
         _set_module(out, name, new)
     return out
+
+
+def _roles(graph: ChannelGraph, changed: dict[int, Tensor]):
+    """For a change of the groups in ``changed`` (group id → new channel index): per module,
+    its input segments (consumers), its new output channels (producers), its segments as a
+    batch norm or a depthwise convolution, and the set of modules the change touches."""
+    ins = _consumer_inputs(graph)
+    outs = {name: changed[gid] for gid in changed for name in graph.groups[gid].producers}
+    norms: dict[str, list] = {}
+    pass_: dict[str, list] = {}
+    for g in graph.groups.values():
+        for name, off in g.norms:
+            norms.setdefault(name, []).append((off, g.id, 1, g.size))
+        for name, off in g.passthrough:
+            pass_.setdefault(name, []).append((off, g.id, 1, g.size))
+    touched = set(outs) | {n for role in (ins, norms, pass_) for n, entries in role.items()
+                           if any(e[1] in changed for e in entries)}
+    return ins, outs, norms, pass_, touched
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -472,17 +476,7 @@ def _remap(model: nn.Module, graph: ChannelGraph, mapping: dict[int, Tensor],
            share: bool) -> nn.Module:
     out = copy.deepcopy(model)
     modules = dict(out.named_modules())
-    ins = _consumer_inputs(graph)
-    outs = {name: mapping[gid] for gid in mapping for name in graph.groups[gid].producers}
-    norms, pass_ = {}, {}
-    for g in graph.groups.values():
-        for name, off in g.norms:
-            norms.setdefault(name, []).append((off, g.id, 1, g.size))
-        for name, off in g.passthrough:
-            pass_.setdefault(name, []).append((off, g.id, 1, g.size))
-    touched = set(outs) | {n for n in ins if any(e[1] in mapping for e in ins[n])} | \
-        {n for n in norms if any(e[1] in mapping for e in norms[n])} | \
-        {n for n in pass_ if any(e[1] in mapping for e in pass_[n])}
+    ins, outs, norms, pass_, touched = _roles(graph, mapping)
     for name in touched:
         m = modules[name]
         if name in pass_ or name in norms:
