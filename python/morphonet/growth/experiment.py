@@ -98,7 +98,8 @@ def growth_configs(epochs: int, phase_fractions: tuple[float, float] = (2 / 15, 
     README's saturation rule and a 1-std input threshold (standardised inputs). With the
     package defaults instead (multi-scale bundles, the seed code's quantile rule, scale-free
     inputs) its Structure Nets end at 9.2% (digits) and 11.5% (MNIST-1D) connectivity rather
-    than 4.5% and 5.6%, beyond the ≤ 5% this experiment is about."""
+    than 4.5% and 5.6% (validation 96.5% / 48.6% on one seed, against 95.2% / 39.2%), beyond
+    the ≤ 5% this experiment is about."""
     pe = (round(epochs * phase_fractions[0]), round(epochs * phase_fractions[1]))
     return (SchedulerConfig(cooldown_steps=40, phase_epochs=pe, structures_per_event=(5, 10, 25)),
             ExtremaConfig(rule="saturation", input_high=1.0), RouterConfig(bundle=(1, 1, 1)))
