@@ -2,7 +2,8 @@
 
 - MorphoNet Pro (`morphonet.masks.cli`): ``compare`` (the main job), ``demo``;
 - Structure Net (`morphonet.growth.cli`): ``grow``;
-- MorphNet (`morphonet.morph.cli`): ``morph``.
+- MorphNet (`morphonet.morph.cli`): ``morph``;
+- Autoplastic (`morphonet.autoplastic.cli`): ``autoplastic``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``morpho`` parser with every system's subcommands."""
+    from .autoplastic.cli import add_autoplastic_parser
     from .growth.cli import add_grow_parser
     from .masks.cli import add_parsers
     from .morph.cli import add_morph_parser
@@ -23,6 +25,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_parsers(sub)
     add_grow_parser(sub)
     add_morph_parser(sub)
+    add_autoplastic_parser(sub)
     return parser
 
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Optional
 
+from ..commands import add_command, standalone
+
 
 def _autoplastic(args: argparse.Namespace) -> int:
     from .experiment import AutoplasticExperimentConfig, format_report, run_experiment, run_tune
@@ -41,11 +43,10 @@ def _autoplastic(args: argparse.Namespace) -> int:
 def add_autoplastic_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``autoplastic`` on an ``argparse`` subparsers object; returns the new parser
     (its ``func`` default runs the experiment)."""
-    if not hasattr(subparsers, "add_parser"):
-        raise TypeError("subparsers must be the object returned by add_subparsers()")
-    p = subparsers.add_parser(
-        "autoplastic", help="Autoplastic: learned depth / channel / mix gates vs the seed's "
-        "rules, the full network and a static network of equal FLOPs",
+    p = add_command(
+        subparsers, "autoplastic",
+        help="Autoplastic: learned depth / channel / mix gates vs the seed's rules, the full "
+             "network and a static network of equal FLOPs",
         description="Autoplastic networks on MNIST-1D and digits: learned gates (hard-concrete "
                     "L0, exported statically) against the seed's rule gates, the full-width "
                     "network and the export's architecture trained from scratch, paired by "
@@ -77,11 +78,7 @@ def add_autoplastic_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Standalone entry point: ``python -m morphonet.autoplastic.cli autoplastic [...]``."""
-    parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_autoplastic_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return standalone(add_autoplastic_parser, argv, __doc__)
 
 
 if __name__ == "__main__":

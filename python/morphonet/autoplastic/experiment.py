@@ -23,7 +23,7 @@ export and of the full network (the full run's export) is measured on one thread
 from __future__ import annotations
 
 import copy
-import math
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -33,10 +33,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..checks import check_choice, check_instance
-from ..config import Config, ints, one_of, setting
+from .. import stats
+from ..config import Config, ints, names, one_of, setting
 from ..data import load_dataset
-from ..files import atomic_write, read_json, write_json
+from ..files import append_record, atomic_write, read_json, read_records, write_json
 from ..loop import evaluate
 from .config import GATE_KINDS, NetConfig, TrainConfig
 from .export import export_static, measure_latency, reinitialise
@@ -68,16 +68,6 @@ TUNE_GRID = ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0))
 PENALTIES: dict[str, tuple[float, float]] = {"mnist1d": (1.5, 0.5), "digits": (1.5, 0.5)}
 
 
-def _names(allowed: tuple[str, ...]):
-    """A check: a non-empty list / tuple of names from ``allowed``, as a tuple."""
-    def check(name: str, v) -> tuple:
-        check_instance(name, v, (list, tuple))
-        if not v:
-            raise ValueError(f"{name} must not be empty (choose from {allowed})")
-        return tuple(check_choice(f"{name}[{i}]", x, allowed) for i, x in enumerate(v))
-    return check
-
-
 def _penalties(name: str, v) -> dict:
     if not isinstance(v, dict):
         raise TypeError(f"{name} must be a dict {{dataset: [λ, λ_C]}}, got {v!r}")
@@ -94,10 +84,10 @@ def _penalties(name: str, v) -> dict:
 class AutoplasticExperimentConfig(Config):
     """Settings of ``morpho autoplastic`` (defaults: the recorded run)."""
 
-    datasets: tuple = setting(DATASETS, _names(DATASETS))
+    datasets: tuple = setting(DATASETS, names(*DATASETS))
     seeds: int = setting(6, ints(1))
     first_seed: int = setting(0, ints(0))
-    methods: tuple = setting(METHODS, _names(METHODS))
+    methods: tuple = setting(METHODS, names(*METHODS))
     epochs: Optional[int] = setting(None, ints(1, optional=True))  # None: each SETUP's
     penalties: dict = setting(check=_penalties, factory=lambda: dict(PENALTIES))
     tune_seeds: tuple = setting((100, 101), lambda n, v: tuple(ints(0)(f"{n}[{i}]", s)
@@ -232,16 +222,6 @@ def run_unit(name: str, seed: int, cfg: AutoplasticExperimentConfig,
 # ---------------------------------------------------------------------------- statistics
 
 
-def _interval(v: list[float]) -> tuple[float, float, float]:
-    from scipy import stats
-
-    m = statistics.fmean(v)
-    if len(v) < 2:
-        return m, math.nan, math.nan
-    half = stats.t.ppf(0.975, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
-    return m, m - half, m + half
-
-
 def paired(runs: list[dict[str, Any]], a: str, b: str, dataset: str,
            key: str = "test_acc") -> Optional[dict[str, Any]]:
     """``key`` of method ``a`` minus method ``b`` on the same seeds of ``dataset``: mean,
@@ -250,10 +230,10 @@ def paired(runs: list[dict[str, Any]], a: str, b: str, dataset: str,
     seeds = sorted(s for (m, s) in by if m == a and (b, s) in by)
     if not seeds:
         return None
-    d = [by[(a, s)] - by[(b, s)] for s in seeds]
-    m, lo, hi = _interval(d)
-    return {"a": a, "b": b, "dataset": dataset, "n": len(d), "mean": m, "lo": lo, "hi": hi,
-            "a_at_least_b": sum(x >= 0 for x in d), "diffs": d}
+    p = stats.paired({s: by[(a, s)] for s in seeds}, {s: by[(b, s)] for s in seeds})
+    return {"a": a, "b": b, "dataset": dataset, "n": p["n"], "mean": p["mean"], "lo": p["lo"],
+            "hi": p["hi"], "a_at_least_b": p["wins"] + p["ties"],
+            "diffs": [by[(a, s)] - by[(b, s)] for s in seeds]}
 
 
 def _ms(v: list[float]) -> dict[str, float]:
@@ -276,9 +256,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
 
 def run_experiment(cfg: AutoplasticExperimentConfig, progress: bool = True,
                    log: Optional[Callable[[str], None]] = print) -> dict[str, Any]:
-    """Run every dataset × seed × method on one torch thread; write ``results.json``,
-    ``table.md``, ``gates_<dataset>.png``, ``tradeoff.png`` and ``epoch_log_<dataset>.txt``
-    (the seed's per-epoch log of the first seed's learned run) under ``cfg.out_dir``."""
+    """Run (or continue) every dataset × seed × method on one torch thread: each finished
+    (dataset, seed) is appended to ``runs.partial.jsonl`` (checksummed lines) and kept by a
+    later call with the same settings, so a killed run continues where it stopped. Writes
+    ``results.json``, ``table.md``, ``gates_<dataset>.png``, ``tradeoff.png`` and
+    ``epoch_log_<dataset>.txt`` (the seed's per-epoch log of the first seed's learned run)
+    under ``cfg.out_dir``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -302,24 +285,40 @@ def _run(cfg: AutoplasticExperimentConfig, progress: bool,
     seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
     bar = _bar(len(cfg.datasets) * len(seeds) * len(cfg.methods), progress, "morpho autoplastic")
     say = (bar.write if bar is not None else log) if log else None
-    t0 = time.perf_counter()
-    runs, latency = [], []
+    runs, latency, wall = [], [], 0.0
+    partial = out / "runs.partial.jsonl"
+    done = {json.dumps(u["unit"], sort_keys=True): u
+            for u in (read_records(partial) if partial.exists() else [])}
     try:
         for name in cfg.datasets:
             for seed in seeds:
-                unit = run_unit(name, seed, cfg, say, bar.update if bar is not None else None)
+                key = _unit_key(cfg, name, seed)
+                unit = done.get(json.dumps(key, sort_keys=True))
+                if unit is not None:
+                    if say:
+                        say(f"[{name} s{seed}] done earlier ({partial.name}): kept")
+                    if bar is not None:
+                        bar.update(len(cfg.methods))
+                else:
+                    t0 = time.perf_counter()
+                    unit = run_unit(name, seed, cfg, say,
+                                    bar.update if bar is not None else None)
+                    if seed == seeds[0]:
+                        _first_seed_outputs(out, name, seed, unit["histories"])
+                    unit = {"unit": key, "runs": unit["runs"], "latency": unit["latency"],
+                            "wall_s": time.perf_counter() - t0}
+                    append_record(partial, unit)
                 runs += unit["runs"]
+                wall += unit["wall_s"]
                 if unit["latency"]:
                     latency.append({"dataset": name, "seed": seed, **{
                         f"{m}_{k}": v for m, lat in unit["latency"].items()
                         for k, v in lat.items()}})
-                if seed == seeds[0]:
-                    _first_seed_outputs(out, name, seed, unit["histories"])
     finally:
         if bar is not None:
             bar.close()
     res = {"config": cfg.to_dict(), "setups": SETUPS, "runs": runs, "latency": latency,
-           "summary": summarise(runs), "wall_s": time.perf_counter() - t0,
+           "summary": summarise(runs), "wall_s": wall,
            "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     res["paired"] = [p for d in cfg.datasets for a, b in (("learned", "full"),
                      ("learned", "static"), ("learned", "rules"), ("rules", "full"))
@@ -328,6 +327,15 @@ def _run(cfg: AutoplasticExperimentConfig, progress: bool,
     atomic_write(out / "table.md", format_report(res).encode())
     plot_tradeoff(runs, out / "tradeoff.png")
     return res
+
+
+def _unit_key(cfg: AutoplasticExperimentConfig, name: str, seed: int) -> dict[str, Any]:
+    """What a (dataset, seed) unit's records depend on: a unit of `runs.partial.jsonl` is
+    reused only when all of it matches."""
+    return {"dataset": name, "seed": seed, "methods": list(cfg.methods), "epochs": cfg.epochs,
+            "penalty": list(cfg.penalties[name]), "gate_kind": cfg.gate_kind,
+            "latency_batch": cfg.latency_batch, "latency_repeats": cfg.latency_repeats,
+            "setup": json.loads(json.dumps(SETUPS[name]))}
 
 
 def _first_seed_outputs(out: Path, name: str, seed: int, hists: dict[str, list]) -> None:

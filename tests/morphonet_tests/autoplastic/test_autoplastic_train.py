@@ -165,7 +165,7 @@ def test_experiment_config_checks_its_fields():
     c = AutoplasticExperimentConfig()
     assert c.seeds == 6 and c.datasets == ("mnist1d", "digits") and c.penalties["mnist1d"]
     assert AutoplasticExperimentConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match=r"datasets\[0\]"):
+    with pytest.raises(ValueError, match="datasets must be a non-empty list"):
         AutoplasticExperimentConfig(datasets=["cifar"])
     with pytest.raises(ValueError, match="learned"):
         AutoplasticExperimentConfig(methods=["full", "static"])
@@ -180,3 +180,28 @@ def test_cli_registers_on_a_parser():
     assert args.seeds == 2 and args.penalty == [1.0, 0.5] and callable(args.func)
     with pytest.raises(TypeError, match="subparsers"):
         add_autoplastic_parser(parser)
+
+
+def test_the_experiment_runs_from_the_cli_and_continues_after_a_kill(tmp_path, capsys):
+    """One seed of every method on digits for one epoch through ``morpho autoplastic``; the
+    second call finds the unit in runs.partial.jsonl and keeps it (same records, no training),
+    a call with other settings trains again."""
+    from morphonet.cli import main as morpho
+    from morphonet.files import read_json, read_records
+
+    argv = ["autoplastic", "--quick", "--datasets", "digits", "--seeds", "1", "--epochs", "1",
+            "--out", str(tmp_path), "--no-progress"]
+    assert morpho(argv) == 0
+    first = read_json(tmp_path / "results.json")
+    assert [r["method"] for r in first["runs"]] == ["full", "learned", "rules", "static"]
+    learned = first["runs"][1]
+    assert learned["export_rel_diff"] < 1e-4 and learned["test_acc"] == learned["gated_test_acc"]
+    assert first["runs"][3]["macs"] == learned["macs"]  # static: the export's architecture
+    assert (tmp_path / "table.md").read_text().startswith("# morpho autoplastic")
+    assert len(read_records(tmp_path / "runs.partial.jsonl")) == 1
+    capsys.readouterr()
+    assert morpho(argv) == 0
+    assert "done earlier" in capsys.readouterr().out
+    assert read_json(tmp_path / "results.json")["runs"] == first["runs"]
+    assert morpho(argv[:-1] + ["--penalty", "1", "1", "--no-progress"]) == 0
+    assert len(read_records(tmp_path / "runs.partial.jsonl")) == 2
