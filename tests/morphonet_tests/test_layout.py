@@ -121,6 +121,29 @@ def test_seed_import_names(alias, names):
         assert getattr(mod, n) is getattr(importlib.import_module("morphonet"), n)
 
 
+@pytest.mark.parametrize("alias, package, names", [
+    ("morph", "morphonet.morph", ["once", "widen", "resize_layers", "NetworkRegularizer"]),
+    ("autoplastic", "morphonet.autoplastic", ["TrainConfig", "AutoplasticNet", "ANNBlock",
+                                              "SpatialSelfAttentionLite"]),
+])
+def test_seed_import_names_of_the_subpackages(alias, package, names):
+    mod, pkg = importlib.import_module(alias), importlib.import_module(package)
+    for n in names:
+        assert getattr(mod, n) is getattr(pkg, n)
+
+
+def test_no_test_folder_shadows_a_package():
+    """pytest puts test folders on sys.path: a folder named like a top-level package we ship
+    (``morph``, ``autoplastic``) would be imported in its place as a namespace package."""
+    import tomllib
+
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    top = {p.split(".")[0] for p in shipped["packages"]}
+    clash = [str(d.relative_to(ROOT)) for d in (ROOT / "tests").rglob("*")
+             if d.is_dir() and d.name in top]
+    assert not clash, clash
+
+
 def test_one_subpackage_per_system_and_the_skeleton_at_the_top():
     top = {p.stem for p in MORPHONET.glob("*.py")}
     assert {"config", "checks", "loop", "files", "data", "viz", "cli"} <= top

@@ -227,3 +227,27 @@ def test_shrink_any_mlp_any_dead_set(sizes, pattern, keep_constants):
     reg.prune(keep_constants=keep_constants)
     small = morph.shrink(model, x)
     assert_same_function(small, model, x)
+
+
+def test_seed_example_once_mid_training():
+    """Morph.py's README loop: train, call ``morph.once`` halfway, give the smaller model a new
+    optimizer and keep training it (``import morph`` is the real module)."""
+    import morph as seed_morph
+
+    from morphonet.loop import TrainLoop
+
+    assert seed_morph.once is morph.once and seed_morph.NetworkRegularizer is NetworkRegularizer
+    torch.manual_seed(0)
+    model, x = MLP((6, 32, 32, 3)), torch.randn(512, 6)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    reg = NetworkRegularizer(model, x[:64], "gamma")
+    hook = morph.MorphNetHook(reg, reg.suggested_strength(50.0))
+    TrainLoop(model, torch.optim.Adam(model.parameters(), 0.02), hooks=[hook], batch_size=32,
+              select=None).fit((x, y), epochs=10)
+    report = {}
+    smaller = seed_morph.once(model, x[:64], report=report)
+    assert report["changed"] and report["flops_after"] < report["flops_before"]
+    loop = TrainLoop(smaller, torch.optim.Adam(smaller.parameters(), 0.01), batch_size=32,
+                     select=None)
+    res = loop.fit((x, y), epochs=3)
+    assert res["history"][-1]["loss"] < res["history"][0]["loss"] * 1.5
