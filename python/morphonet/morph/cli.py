@@ -20,6 +20,7 @@ def _morph(args: argparse.Namespace) -> int:
         TASKS,
         MorphExperimentConfig,
         format_report,
+        remeasure_latency,
         render,
         run_morph_experiment,
     )
@@ -34,13 +35,16 @@ def _morph(args: argparse.Namespace) -> int:
     cfg = MorphExperimentConfig.quick(**kw) if args.quick else MorphExperimentConfig(**kw)
     if args.epochs is not None:
         cfg = cfg.replace(epochs={t: args.epochs for t in TASKS})
-    if args.render:
+    if args.render or args.latency:
         partial = os.path.join(cfg.out_dir, "runs.partial.jsonl")
         if not os.path.exists(partial):
-            print(f"--render: no records in {cfg.out_dir}/ (runs.partial.jsonl)",
+            print(f"--render / --latency: no records in {cfg.out_dir}/ (runs.partial.jsonl)",
                   file=sys.stderr)
             return 2
-        summary = render(cfg, read_records(partial))
+        runs = read_records(partial)
+        if args.latency:
+            remeasure_latency(cfg, runs, log=None if args.quiet else print)
+        summary = render(cfg, runs)
     else:
         summary = run_morph_experiment(cfg, log=None if args.quiet else print)
     print(format_report(summary))
@@ -74,6 +78,9 @@ def add_morph_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="short run (about 2 min on 2 cores)")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the report and plots from the records in --out")
+    p.add_argument("--latency", action="store_true",
+                   help="time every final model in --out again against the full model (e.g. "
+                        "on an idle machine; latency.jsonl), then rewrite the report")
     p.add_argument("--out", default="results/morph", help="results directory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_morph)

@@ -416,15 +416,70 @@ def _run(cfg: MorphExperimentConfig, runner: _Runner, methods: list[str], done: 
                         f"{100 * res['test_acc']:.1f}% ({res['train_seconds']:.0f} s)")
 
 
+def remeasure_latency(cfg: MorphExperimentConfig, runs: list[dict],
+                      log: Optional[Callable[[str], None]] = print) -> int:
+    """Time every final model of ``runs`` again against the full-width model (`measure_latency`,
+    one thread), e.g. on an idle machine after a run shared the CPU with other work. A
+    model's latency depends on its shapes only, so it is rebuilt from the record's widths
+    (`resize` of the base, checked against the record's parameter count). Each measurement
+    is appended to ``<out_dir>/latency.jsonl`` (checksummed; a killed call continues) and
+    `render` uses it in place of the run's own. Returns how many models were timed."""
+    log = log or (lambda s: None)
+    path = os.path.join(cfg.out_dir, "latency.jsonl")
+    done = {_key(r) for r in (read_records(path) if os.path.exists(path) else [])}
+    finals = sorted((r for r in runs if r["phase"] == "final" and _key(r) not in done),
+                    key=lambda r: str(_key(r)))
+    examples: dict[str, torch.Tensor] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i, r in enumerate(finals):
+            ref = build(r["task"], width=cfg.width)
+            if r["task"] not in examples:
+                examples[r["task"]] = _Data(r["task"], 0, ref, torch.device("cpu")).example
+            x = examples[r["task"]]
+            graph = trace(ref, x)
+            widths = {g.id: r["widths"][g.producers[0]] for g in graph.free_groups()}
+            if graph.params(widths) != r["params"]:
+                raise ValueError(f"{path}: the widths of {_key(r)} rebuild a model of "
+                                 f"{graph.params(widths)} parameters, the run had {r['params']}")
+            model = resize(ref, x, widths=widths)
+            base_latency, latency = measure_latency([ref, model], x, cfg.latency_batch)
+            append_record(path, {"task": r["task"], "seed": r["seed"], "phase": "final",
+                                 "method": r["method"], "ratio": r["ratio"],
+                                 "latency": latency, "base_latency": base_latency})
+            log(f"[latency {i + 1}/{len(finals)}] {r['task']} seed {r['seed']} {r['method']} "
+                f"at {r['ratio']:g}×: {base_latency / latency:.2f}× the full model")
+    finally:
+        torch.set_num_threads(threads)
+    return len(finals)
+
+
+def _with_latency(cfg: MorphExperimentConfig, runs: list[dict]) -> list[dict]:
+    path = os.path.join(cfg.out_dir, "latency.jsonl")
+    if not os.path.exists(path):
+        return runs
+    again = {_key(r): r for r in read_records(path)}
+    return [dict(r, latency=again[_key(r)]["latency"],
+                 base_latency=again[_key(r)]["base_latency"], latency_remeasured=True)
+            if _key(r) in again else r for r in runs]
+
+
 def render(cfg: MorphExperimentConfig, runs: list[dict], skipped: Optional[list] = None
            ) -> dict:
     """Write ``runs.jsonl`` (sorted), ``morph.json``, ``report.md``, ``pareto.png`` and
-    ``widths.png`` from the run records; returns the summary."""
+    ``widths.png`` from the run records; returns the summary. Latencies re-measured by
+    `remeasure_latency` (``latency.jsonl``) replace the runs' own, and the report says how
+    many."""
+    runs = _with_latency(cfg, runs)
     atomic_write(os.path.join(cfg.out_dir, "runs.jsonl"),
                  "".join(json.dumps(r) + "\n" for r in runs).encode())
     summary = summarise(runs)
     summary["config"] = cfg.to_dict()
     summary["skipped"] = list(skipped or [])
+    finals = [r for r in runs if r["phase"] == "final"]
+    summary["latency_remeasured"] = [sum(bool(r.get("latency_remeasured")) for r in finals),
+                                     len(finals)]
     write_json(os.path.join(cfg.out_dir, "morph.json"), summary)
     atomic_write(os.path.join(cfg.out_dir, "report.md"), format_report(summary).encode())
     plot_pareto(summary, os.path.join(cfg.out_dir, "pareto.png"))
@@ -510,6 +565,10 @@ def format_report(summary: dict) -> str:
              "way (python/morphonet/morph/experiment.py). speed-up: CPU latency of the base / "
              "of the model (batch 256, one thread); speed/FLOPs: speed-up ÷ FLOP reduction.",
              ""]
+    again, finals = summary.get("latency_remeasured", [0, 0])
+    if again:
+        lines += [f"Latencies: {again} of {finals} models re-timed after the run "
+                  "(`morpho morph --latency`, latency.jsonl), the rest as timed during it.", ""]
     for task, t in summary["tasks"].items():
         b = t["base"]
         lines += [f"## {task}", "",

@@ -79,6 +79,14 @@ def test_cli(tmp_path, capsys):
     os.remove(os.path.join(out, "report.md"))
     assert main(["morph", "--render", "--out", out, "--tasks", "digits"]) == 0
     assert os.path.exists(os.path.join(out, "report.md"))
+    # --latency: the final model rebuilt from its widths (parameter count checked) and timed
+    # again; the report uses that time and says so; a second call times nothing more
+    assert main(["morph", "--latency", "--quiet", "--out", out, "--tasks", "digits"]) == 0
+    (again,) = read_records(os.path.join(out, "latency.jsonl"))
+    assert again["method"] == "uniform" and again["latency"] > 0 and again["base_latency"] > 0
+    assert "1 of 1 models re-timed" in (tmp_path / "report.md").read_text()
+    assert main(["morph", "--latency", "--quiet", "--out", out, "--tasks", "digits"]) == 0
+    assert len(read_records(os.path.join(out, "latency.jsonl"))) == 1
     with pytest.raises(SystemExit):
         main(["morph", "--methods", "magnitude"])
     with pytest.raises(ValueError, match="ratios"):
