@@ -25,11 +25,11 @@ from .hooks import (
     SelectFrom,
     StabilityGate,
 )
-from .models import ANNBlock, AutoplasticNet, SpatialSelfAttentionLite
+from .models import ANNBlock, AutoplasticNet, Backbone, SpatialSelfAttentionLite
 from .stability import seed_stability, stability
 from .trainer import AutoplasticTrainer
 
-__all__ = ["ANNBlock", "AutoplasticLoss", "AutoplasticNet", "AutoplasticTrainer",
+__all__ = ["ANNBlock", "AutoplasticLoss", "AutoplasticNet", "AutoplasticTrainer", "Backbone",
            "CosineWarmup", "GateLog", "GatePenalty", "HardConcreteGate", "MixGate", "MixUp",
            "NetConfig", "RuleGate", "RuleGates", "SelectFrom", "SigmoidSTGate",
            "SpatialSelfAttentionLite", "StabilityGate", "StaticAutoplasticNet", "TrainConfig",

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ..checks import check_instance, check_int
 from .models import (
     AutoplasticNet,
+    Backbone,
     ConvBranch,
     SpatialSelfAttentionLite,
     out_size,
@@ -80,7 +81,7 @@ class StaticBlock(nn.Module):
         return total
 
 
-class StaticAutoplasticNet(nn.Module):
+class StaticAutoplasticNet(Backbone):
     """The export: stem, `StaticBlock` s, global average pooling, linear head."""
 
     def __init__(self, stem: nn.Module, blocks: Sequence[StaticBlock], head: nn.Linear,
@@ -88,17 +89,6 @@ class StaticAutoplasticNet(nn.Module):
         super().__init__()
         self.stem, self.blocks, self.head = stem, nn.ModuleList(blocks), head
         self.dims, self.in_channels = dims, in_channels
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, *S) -> (B, classes)
-        x = self.stem(x)
-        for b in self.blocks:
-            x = b(x)
-        return self.head(x.flatten(2).mean(-1))
-
-    def expected_input(self) -> str:
-        """What `forward` takes (for error messages)."""
-        s = "(batch, %d, length)" if self.dims == 1 else "(batch, %d, height, width)"
-        return s % self.in_channels
 
     def macs(self, input_shape: Sequence[int]) -> int:
         """MACs per example for one example of ``input_shape`` (C, *S)."""

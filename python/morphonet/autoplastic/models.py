@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_choice, check_int, check_int_list
+from ..inputs import InputRules
 from .config import NetConfig, TrainConfig
 from .gates import Gate, MixGate, make_gate
 
-__all__ = ["ANNBlock", "AutoplasticNet", "ConvBranch", "SpatialSelfAttentionLite", "conv_cls",
-           "norm_cls", "out_size"]
+__all__ = ["ANNBlock", "AutoplasticNet", "Backbone", "ConvBranch", "SpatialSelfAttentionLite",
+           "conv_cls", "norm_cls", "out_size"]
 
 Spatial = tuple[int, ...]
 
@@ -267,7 +268,32 @@ class ANNBlock(nn.Module):
         return fixed + per * self.out_ch + shortcut_macs(self.shortcut, spatial)
 
 
-class AutoplasticNet(nn.Module):
+class Backbone(InputRules, nn.Module):
+    """What `AutoplasticNet` and its static export (`StaticAutoplasticNet`) share: stem →
+    blocks → global average pooling → linear head, and the input rules (`InputRules`:
+    ``(batch, in_channels, length)`` for ``dims`` 1, ``(batch, in_channels, height, width)``
+    for 2). Subclasses set ``stem``, ``blocks``, ``head``, ``dims`` and ``in_channels``."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, *S) -> (B, classes)
+        x = self.stem(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x.flatten(2).mean(-1))
+
+    def expected_input(self) -> str:
+        """What `forward` takes (for error messages)."""
+        s = "(batch, %d, length)" if self.dims == 1 else "(batch, %d, height, width)"
+        return s % self.in_channels
+
+    def _fits(self, x: Tensor) -> bool:
+        return x.dim() == self.dims + 2 and x.shape[1] == self.in_channels
+
+    def n_outputs(self) -> int:
+        """Number of classes the head scores."""
+        return self.head.out_features
+
+
+class AutoplasticNet(Backbone):
     """Stem (3×3 conv-BN-ReLU), `ANNBlock` s, global average pooling, linear head.
 
     The seed's signature comes first (``num_classes``, ``init_alpha``, ``p_init``,
@@ -317,16 +343,6 @@ class AutoplasticNet(nn.Module):
                    widths=net.widths, strides=net.strides, gates=train.gates,
                    gate_kind=train.gate_kind, floors=train.floors(), max_tokens=net.max_tokens)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, *S) -> (B, classes)
-        x = self.stem(x)
-        for b in self.blocks:
-            x = b(x)
-        return self.head(x.flatten(2).mean(-1))
-
-    def expected_input(self) -> str:
-        """What `forward` takes (for error messages)."""
-        s = "(batch, %d, length)" if self.dims == 1 else "(batch, %d, height, width)"
-        return s % self.in_channels
 
     # ------------------------------------------------------------------ parameters
 

@@ -121,10 +121,15 @@ class AutoplasticTrainer:
         meanC, L_eff, active_ratio, depth, active_ratio_export, pruned_pct,
         expected_flops), ``best_epoch``, ``best_val_acc``, ``train_time`` (s) and, for a gated
         model, ``structure`` and ``summary`` of the chosen epoch. ``checkpoint`` / ``resume``:
-        as `TrainLoop.fit`."""
+        as `TrainLoop.fit`. The splits are checked first by the model's input rules
+        (`Backbone.check_inputs`): a wrong shape or label range is a ``ValueError`` naming
+        ``X_train`` / ``y_val`` and so on."""
         cfg, model = self.config.validate(), self.model
         if (x_val is None) != (y_val is None):
             raise ValueError("pass both x_val and y_val, or neither")
+        x, y = model.check_inputs(x, y, "train")
+        if x_val is not None:
+            x_val, y_val = model.check_inputs(x_val, y_val, "val")
         torch.manual_seed(cfg.seed)
         model.to(self.device)
         if cfg.channels_last and x.dim() == 4:

@@ -15,6 +15,7 @@ from morphonet.autoplastic import (
     CosineWarmup,
     NetConfig,
     TrainConfig,
+    export_static,
 )
 from morphonet.autoplastic.cli import add_autoplastic_parser
 from morphonet.autoplastic.experiment import AutoplasticExperimentConfig, choose, paired
@@ -205,3 +206,15 @@ def test_the_experiment_runs_from_the_cli_and_continues_after_a_kill(tmp_path, c
     assert read_json(tmp_path / "results.json")["runs"] == first["runs"]
     assert morpho(argv[:-1] + ["--penalty", "1", "1", "--no-progress"]) == 0
     assert len(read_records(tmp_path / "runs.partial.jsonl")) == 2
+
+
+def test_the_model_checks_its_inputs_before_training():
+    cfg = TrainConfig(epochs=1, batch_size=16, warmup_epochs=0, device="cpu")
+    m = AutoplasticNet.from_config(NET, cfg)
+    x, y, xv, yv = _data()
+    with pytest.raises(ValueError, match=r"X_train must have \(batch, 1, length\)"):
+        AutoplasticTrainer(m, cfg, log=None).train(x.unsqueeze(1), y)
+    with pytest.raises(ValueError, match=r"y_val has labels in \[1, 3\] but the model has 3"):
+        AutoplasticTrainer(m, cfg, log=None).train(x, y, xv, yv + 1)
+    static = export_static(m)
+    assert static.n_outputs() == m.n_outputs() and static.expected_input() == m.expected_input()
