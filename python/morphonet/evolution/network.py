@@ -1,0 +1,500 @@
+"""Evolvable sparse networks on the edge-list layers: the network every evolution component
+works on (`create_standard_network`), and its structural edits, each exact at the moment of
+change.
+
+A network is a list of `Stage` modules; stage ``s`` maps its input ``h`` to
+
+    plain stage:     act(W h + b)                       (the last stage: W h + b, the logits)
+    residual stage:  h + act(W h + b)                   (an inserted layer, act(0) = 0)
+    then, for each residual block k of the stage:  h ← h + W2_k act(W1_k h + b1_k) + b2_k
+
+with every W a `StandardSparseLayer` (a `morpho_kernels.nn.SparseLinear` edge list: work ∝
+live connections, and the dense gradient at absent connections is available, as RigL needs).
+Activations are ``relu`` or ``tanh``: both have act(0) = 0, which the exact edits rely on.
+
+Edits (each keeps the output exactly, or up to one rounding, and moves optimizer state along
+when given the optimizer; `morphonet.evolution.optim.sync_optimizer` then makes the optimizer
+hold exactly the live parameters):
+
+* `EvolvableNetwork.add_connections`: new edges with value 0 (exact everywhere).
+* `EvolvableNetwork.widen`: k new neurons in a hidden stage, random incoming edges, outgoing
+  edges at value 0 (exact everywhere; the outgoing edges get gradient at once).
+* `EvolvableNetwork.insert_layer`: a new hidden stage of the same width after a hidden stage:
+  identity weights with ReLU (relu(h) = h for h ≥ 0), a residual stage with zero weights with
+  tanh (h + tanh(0) = h). Exact everywhere.
+* `EvolvableNetwork.add_residual_block`: W2 = 0 (exact everywhere).
+* `EvolvableNetwork.revive`: a neuron that was exactly 0 on the analysed data gets new
+  incoming edges and its outgoing weights set to 0 (exact wherever it was 0).
+* `EvolvableNetwork.prune_connections`: removal of given edges (exact when their contribution
+  is 0 on the data, which is how the pruning strategy chooses them).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from morpho_kernels.formats import EdgeList
+from morpho_kernels.nn import SparseLinear
+
+from ..checks import check_choice, check_fraction, check_instance, check_int
+from ..config import Config, fraction, int_list, one_of, setting
+from ..growth.network import GAIN
+from ..inputs import InputRules
+from .optim import replace_parameter
+
+__all__ = ["ACTIVATIONS", "EvolvableNetwork", "NetworkSpec", "ResidualBlock", "Stage",
+           "StandardSparseLayer", "create_standard_network", "sparse_layers"]
+
+# the activations of an evolvable network: act(0) = 0 for both (the exact edits rely on it)
+ACTIVATIONS = ("relu", "tanh")
+
+
+def _act(name: Optional[str], z: Tensor) -> Tensor:
+    if name is None:
+        return z
+    return torch.relu(z) if name == "relu" else torch.tanh(z)
+
+
+class StandardSparseLayer(SparseLinear):
+    """The seed's ``StandardSparseLayer(in_features, out_features, sparsity)``: a
+    `morpho_kernels.nn.SparseLinear` whose ``sparsity`` is the *connected* fraction (as in
+    Structure Net's first generation), at least one edge. Weights start N(0, gain² / fan_in)
+    with each neuron's actual in-degree (`init_scaled`), biases 0.
+
+    Args:
+        in_features, out_features: sizes. sparsity: connected fraction at start.
+        activation: the activation that follows (sets the init gain; None for logits).
+        edges: an explicit EdgeList (then ``sparsity`` is ignored). generator: for the
+            structure and the weights.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sparsity: float = 0.1,
+                 bias: bool = True, activation: Optional[str] = "relu",
+                 edges: Optional[EdgeList] = None, generator: Optional[torch.Generator] = None):
+        sparsity = check_fraction("sparsity", sparsity)
+        in_features = check_int("in_features", in_features, 1)
+        out_features = check_int("out_features", out_features, 1)
+        if edges is None:
+            n = max(1, round(sparsity * in_features * out_features))
+            keys = torch.randperm(in_features * out_features, generator=generator)[:n]
+            edges = EdgeList.from_coo(keys % in_features, keys // in_features, in_features,
+                                      out_features)
+        super().__init__(in_features, out_features, bias, edges=edges)
+        self.sparsity = sparsity
+        init_scaled(self, GAIN.get(activation or "tanh", 1.0), generator)
+
+
+def init_scaled(layer: SparseLinear, gain: float, generator=None) -> None:
+    """Every live edge into neuron d gets N(0, gain² / fan_in(d)); bias 0 (as the first
+    generation's `MinimalNetwork.reset_parameters`)."""
+    nnz = layer.nnz
+    d = layer.edges.dst_index()[:nnz]
+    std = gain / layer.edges.fan_in().float().clamp(min=1.0).sqrt()
+    with torch.no_grad():
+        layer.values.zero_()
+        layer.values[:nnz] = torch.randn(nnz, generator=generator) * std[d]
+        if layer.bias is not None:
+            layer.bias.zero_()
+
+
+def resized(layer: SparseLinear, in_features: int, out_features: int,
+            optimizer: Optional[torch.optim.Optimizer] = None) -> SparseLinear:
+    """A copy of ``layer`` with more sources and / or destinations (new ones without edges),
+    the same edges in the same slots, values and bias copied; the optimizer's state moves to
+    the new Parameters (new bias rows with zero moments)."""
+    e = layer.edges
+    if in_features < e.in_features or out_features < e.out_features:
+        raise ValueError("resized only adds sources / destinations")
+    pad = out_features - e.out_features
+    row_ptr = torch.cat([e.row_ptr, e.row_ptr[-1:].expand(pad)])
+    edges = EdgeList(row_ptr, e.col.clone(), in_features, validate=False)
+    new = SparseLinear(in_features, out_features, layer.bias is not None, edges=edges,
+                       device=e.device, dtype=layer.values.dtype)
+    new.__class__ = type(layer)  # keep the subclass and its settings
+    for k in ("sparsity", "growth_factor", "keep_for_growth"):
+        if hasattr(layer, k):
+            setattr(new, k, getattr(layer, k))
+    with torch.no_grad():
+        new.values.copy_(layer.values.detach())
+        if layer.bias is not None:
+            new.bias.zero_()
+            new.bias[:e.out_features] = layer.bias.detach()
+    if optimizer is not None:
+        replace_parameter(optimizer, layer.values, new.values)
+        if layer.bias is not None:
+            replace_parameter(optimizer, layer.bias, new.bias)
+    return new
+
+
+def _grow(layer: SparseLinear, src: Tensor, dst: Tensor, values, optimizer):
+    """``layer.grow`` with the optimizer; without one (before any training built it) the
+    layer's warning about an optimizer holding the old values does not apply: the first
+    trainer builds the optimizer from the live parameters."""
+    if optimizer is not None:
+        return layer.grow(src, dst, values, optimizer=optimizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="SparseLinear outgrew its capacity")
+        return layer.grow(src, dst, values)
+
+
+def _random_edges(n_in: int, n_out: int, density: float, gen, rows: Optional[Tensor] = None,
+                  cols: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """(src, dst) of about ``density`` of the pairs rows × cols (default: all), at least one
+    edge per destination row."""
+    rows = torch.arange(n_out) if rows is None else rows
+    cols = torch.arange(n_in) if cols is None else cols
+    k = max(1, math.ceil(density * cols.numel()))
+    scores = torch.rand(rows.numel(), cols.numel(), generator=gen)
+    pick = scores.topk(min(k, cols.numel()), dim=1).indices  # (R, k)
+    return cols[pick].flatten(), rows[:, None].expand_as(pick).flatten()
+
+
+class ResidualBlock(nn.Module):
+    """``h + W2 act(W1 h + b1) + b2`` with W2 and b2 zero at creation (the block adds exactly
+    0), W1 random sparse; W2 has edges (value 0) so it receives gradient at once."""
+
+    def __init__(self, width: int, hidden: int, density: float, activation: str, uid: int,
+                 birth: int = 0, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.uid, self.birth, self.activation = uid, birth, activation
+        self.first = StandardSparseLayer(width, hidden, density, activation=activation,
+                                         generator=generator)
+        src, dst = _random_edges(hidden, width, density, generator)
+        self.second = StandardSparseLayer(
+            hidden, width, edges=EdgeList.from_coo(src, dst, hidden, width),
+            activation=None)
+        with torch.no_grad():
+            self.second.values.zero_()
+            self.second.bias.zero_()
+
+    def forward(self, h: Tensor) -> Tensor:
+        """The block's branch only (the stage adds it to h)."""
+        return self.second(_act(self.activation, self.first(h)))
+
+
+class Stage(nn.Module):
+    """One layer of an `EvolvableNetwork`: ``act(W h + b)`` (``residual``: ``h + act(W h +
+    b)``), then its residual blocks; ``activation`` None for the logits. ``uid`` names it in
+    the optimizer's parameter groups; ``birth`` is the evolution iteration that made it."""
+
+    def __init__(self, layer: SparseLinear, activation: Optional[str], uid: int,
+                 residual: bool = False, birth: int = 0):
+        super().__init__()
+        self.layer, self.activation, self.residual = layer, activation, residual
+        self.uid, self.birth = uid, birth
+        self.blocks = nn.ModuleList()
+
+    @property
+    def in_features(self) -> int:
+        """Width of the stage's input."""
+        return self.layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        """Width of the stage's output."""
+        return self.layer.out_features
+
+    def forward(self, h: Tensor) -> Tensor:
+        """The stage's output (see the class docstring)."""
+        out = _act(self.activation, self.layer(h))
+        if self.residual:
+            out = h + out
+        for b in self.blocks:
+            out = out + b(out)
+        return out
+
+
+def sparse_layers(module: nn.Module) -> list[SparseLinear]:
+    """Every SparseLinear inside ``module`` (stages and residual blocks)."""
+    return [m for m in module.modules() if isinstance(m, SparseLinear)]
+
+
+@dataclass
+class NetworkSpec(Config):
+    """Construction settings of an `EvolvableNetwork` (see `create_standard_network`)."""
+
+    architecture: list[int] = setting(check=int_list(1), factory=lambda: [2, 2])
+    sparsity: float = setting(0.1, fraction(lo_open=True))
+    activation: str = setting("relu", one_of(*ACTIVATIONS))
+
+    def check(self) -> None:
+        if len(self.architecture) < 2:
+            raise ValueError(f"architecture must list at least 2 sizes (input, ..., output), "
+                             f"got {self.architecture!r}")
+
+
+class EvolvableNetwork(nn.Module, InputRules):
+    """A sparse feed-forward network that evolution components change in place (module
+    docstring). Build it with `create_standard_network`.
+
+    Args:
+        architecture: ``[input, hidden..., output]`` widths.
+        sparsity: connected fraction of every layer at start (at least one edge per layer).
+        activation: ``"relu"`` or ``"tanh"`` for the hidden stages.
+        seed: seed of the structure and weights (None: torch's global generator).
+
+    ``track = True`` keeps every stage's output of the next forward in ``activations``
+    (input first, logits last), for the analyzers.
+    """
+
+    def __init__(self, architecture: Sequence[int], sparsity: float = 0.1,
+                 activation: str = "relu", seed: Optional[int] = None):
+        super().__init__()
+        self.spec = NetworkSpec(architecture=list(architecture), sparsity=sparsity,
+                                activation=activation)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._gen = gen
+        sizes = self.spec.architecture
+        self.stages = nn.ModuleList()
+        self._next_uid = 0
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            act = None if last else activation
+            self.stages.append(Stage(StandardSparseLayer(a, b, sparsity, activation=act,
+                                                         generator=gen), act, self._uid()))
+        self.track = False
+        self.activations: list[Tensor] = []
+        self.iteration = 0  # the evolution iteration (set by the evolution system)
+
+    def _uid(self) -> int:
+        self._next_uid += 1
+        return self._next_uid - 1
+
+    # -- input rules
+    def expected_input(self) -> str:
+        """What one batch looks like."""
+        return f"shape (batch, {self.stages[0].in_features})"
+
+    def _fits(self, x: Tensor) -> bool:
+        return x.dim() == 2 and x.shape[1] == self.stages[0].in_features
+
+    def n_outputs(self) -> int:
+        """Number of classes."""
+        return self.stages[-1].out_features
+
+    # -- forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of a (batch, input) tensor."""
+        if not isinstance(x, Tensor) or not self._fits(x):
+            raise ValueError(f"x must have {self.expected_input()}, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        hs = [x]
+        h = x
+        for st in self.stages:
+            h = st(h)
+            hs.append(h)
+        if self.track:
+            self.activations = [t.detach() for t in hs]
+        return h
+
+    # -- description
+    @property
+    def activation(self) -> str:
+        """The hidden stages' activation."""
+        return self.spec.activation
+
+    def architecture(self) -> list[int]:
+        """Current widths, input first."""
+        return [self.stages[0].in_features] + [s.out_features for s in self.stages]
+
+    def stage_index(self, uid: int) -> Optional[int]:
+        """Current index of the stage with ``uid`` (None when it is gone)."""
+        for i, st in enumerate(self.stages):
+            if st.uid == uid:
+                return i
+        return None
+
+    def hidden(self) -> list[int]:
+        """Indices of the hidden stages (all but the last)."""
+        return list(range(len(self.stages) - 1))
+
+    def parameter_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """One (name, parameters) per stage and per residual block, named by uid (stable
+        across insertions): what the optimizer's groups follow."""
+        out = []
+        for st in self.stages:
+            out.append((f"stage{st.uid}", list(st.layer.parameters())))
+            for b in st.blocks:
+                out.append((f"block{b.uid}", list(b.parameters())))
+        return out
+
+    def units(self) -> dict[str, dict]:
+        """Per optimizer group name: ``depth`` (stage index / (stages − 1), in [0, 1]) and
+        ``birth`` (iteration made): what the layer-wise learning-rate rules read."""
+        n = max(1, len(self.stages) - 1)
+        out = {}
+        for i, st in enumerate(self.stages):
+            out[f"stage{st.uid}"] = {"depth": i / n, "birth": st.birth, "index": i}
+            for b in st.blocks:
+                out[f"block{b.uid}"] = {"depth": i / n, "birth": b.birth, "index": i}
+        return out
+
+    def get_network_stats(self) -> dict:
+        """Connection counts: ``total_connections`` (every live edge, residual blocks
+        included), ``total_parameters`` (live edges + biases), ``architecture``, ``depth``,
+        ``residual_blocks``, ``connectivity`` (main-path edges / Σ n_in·n_out of the stages),
+        ``layers``: per stage ``{in, out, connections, density, residual, blocks}``."""
+        layers, total, main, possible, params = [], 0, 0, 0, 0
+        for st in self.stages:
+            n = st.layer.nnz
+            blocks = sum(b.first.nnz + b.second.nnz for b in st.blocks)
+            poss = st.in_features * st.out_features
+            layers.append({"in": st.in_features, "out": st.out_features, "connections": n,
+                           "density": n / poss, "residual": st.residual,
+                           "blocks": len(st.blocks)})
+            total += n + blocks
+            main, possible = main + n, possible + poss
+        for lay in sparse_layers(self):
+            params += lay.nnz + (lay.bias.numel() if lay.bias is not None else 0)
+        return {"total_connections": total, "total_parameters": params,
+                "architecture": self.architecture(), "depth": len(self.stages),
+                "residual_blocks": sum(len(s.blocks) for s in self.stages),
+                "connectivity": main / possible, "layers": layers}
+
+    # -- edits
+    def _stage(self, s: int, hidden: bool = True) -> Stage:
+        n = len(self.stages) - (1 if hidden else 0)
+        check_int("stage", s, 0, n - 1)
+        return self.stages[s]
+
+    def add_connections(self, s: int, src: Tensor, dst: Tensor,
+                        values: Tensor | float = 0.0,
+                        optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+        """New edges src → dst in stage ``s``'s layer (value 0 by default: exact); returns how
+        many were new. Optimizer moments move with their edges (`SparseLinear.grow`)."""
+        lay = self._stage(s, hidden=False).layer
+        return _grow(lay, src.long(), dst.long(), values, optimizer).inserted
+
+    def prune_connections(self, s: int, slots: Tensor,
+                          optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+        """Remove edges of stage ``s``'s layer by slot; returns how many."""
+        return self._stage(s, hidden=False).layer.prune(slots, optimizer=optimizer)
+
+    def widen(self, s: int, k: int, optimizer: Optional[torch.optim.Optimizer] = None,
+              density: Optional[float] = None) -> list[int]:
+        """Add ``k`` neurons to hidden stage ``s``: random incoming edges (``density``,
+        default the network's, at least one each, scaled init), outgoing edges at value 0 to
+        the next stage (so they train at once) and exact zeros in its residual blocks.
+        Returns the new neurons' indices. A residual stage after it widens with it."""
+        check_int("k", k, 1)
+        density = self.spec.sparsity if density is None else check_fraction("density",
+                                                                             density)
+        st = self._stage(s)
+        if st.residual:
+            raise ValueError(f"stage {s} is a residual stage (its width is its input's): widen "
+                             f"the plain stage before it")
+        old = st.out_features
+        new_idx = torch.arange(old, old + k)
+        st.layer = resized(st.layer, st.in_features, old + k, optimizer)
+        src, dst = _random_edges(st.in_features, old + k, density, self._gen, rows=new_idx)
+        std = GAIN[self.activation] / math.sqrt(max(1, src.numel() // k))
+        _grow(st.layer, src, dst, torch.randn(src.numel(), generator=self._gen) * std,
+              optimizer)
+        self._widen_blocks(st, old + k, optimizer)
+        j = s + 1
+        while self.stages[j].residual:  # h + act(W h) carries the new neurons through
+            nxt = self.stages[j]
+            nxt.layer = resized(nxt.layer, old + k, old + k, optimizer)
+            self._widen_blocks(nxt, old + k, optimizer)
+            j += 1
+        nxt = self.stages[j]
+        nxt.layer = resized(nxt.layer, old + k, nxt.out_features, optimizer)
+        # outgoing edges at value 0: each neuron of the consuming stage hears ~density of the
+        # new ones (at least one), so the new neurons' outgoing weights get gradient at once
+        src, dst = _random_edges(k, nxt.out_features, density, self._gen)
+        _grow(nxt.layer, src + old, dst, 0.0, optimizer)
+        return new_idx.tolist()
+
+    def _widen_blocks(self, st: Stage, width: int, optimizer) -> None:
+        for b in st.blocks:
+            b.first = resized(b.first, width, b.first.out_features, optimizer)
+            b.second = resized(b.second, b.second.in_features, width, optimizer)
+
+    def insert_layer(self, after: int, optimizer: Optional[torch.optim.Optimizer] = None,
+                     density: Optional[float] = None) -> int:
+        """Insert a hidden stage of the same width after hidden stage ``after`` (module
+        docstring: identity with ReLU, zero residual with tanh; plus zero-valued random edges
+        at ``density`` so the layer trains). Returns the new stage's index. The optimizer
+        gets its parameters from `sync_optimizer`."""
+        st = self._stage(after)
+        identity = self.activation == "relu"
+        if identity and st.blocks:
+            raise ValueError(f"stage {after} has residual blocks, so its output may be "
+                             f"negative: an identity ReLU layer after it would not be exact")
+        w = st.out_features
+        density = self.spec.sparsity if density is None else check_fraction("density",
+                                                                             density)
+        src, dst = _random_edges(w, w, density, self._gen)
+        diag = torch.arange(w)
+        edges = EdgeList.from_coo(torch.cat([src, diag]), torch.cat([dst, diag]), w, w)
+        lay = StandardSparseLayer(w, w, edges=edges, activation=self.activation)
+        lay.keep_for_growth = st.layer.keep_for_growth
+        with torch.no_grad():
+            lay.values.zero_()
+            if identity:
+                s_, d_ = lay.edges.to_coo()
+                lay.values[:lay.nnz] = (s_ == d_).to(lay.values.dtype)
+        new = Stage(lay.to(st.layer.values.device), self.activation, self._uid(),
+                    residual=not identity, birth=self.iteration)
+        self.stages.insert(after + 1, new)
+        return after + 1
+
+    def add_residual_block(self, s: int, hidden: Optional[int] = None,
+                           density: Optional[float] = None) -> ResidualBlock:
+        """A zero-output residual block on hidden stage ``s`` (``hidden`` neurons, default the
+        stage's width; ``density`` default the network's)."""
+        st = self._stage(s)
+        w = st.out_features
+        hidden = w if hidden is None else check_int("hidden", hidden, 1)
+        density = self.spec.sparsity if density is None else check_fraction("density",
+                                                                             density)
+        b = ResidualBlock(w, hidden, density, self.activation, self._uid(), self.iteration,
+                          self._gen).to(st.layer.values.device)
+        for lay in sparse_layers(b):
+            lay.keep_for_growth = st.layer.keep_for_growth
+        st.blocks.append(b)
+        return b
+
+    def revive(self, s: int, neurons: Tensor, fan_in: int = 4,
+               optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+        """Revival of neurons of hidden stage ``s`` that were exactly 0 on the analysed data:
+        their outgoing weights (next stage and the stage's blocks) become 0 and each gets up
+        to ``fan_in`` new incoming edges with scaled random values; returns the edges added.
+        Exact wherever the neurons were 0."""
+        st = self._stage(s)
+        neurons = torch.as_tensor(neurons, dtype=torch.long).flatten()
+        if neurons.numel() == 0:
+            return 0
+        consumers = [self.stages[s + 1].layer] + [b.first for b in st.blocks]
+        with torch.no_grad():
+            for lay in consumers:
+                src, _ = lay.edges.to_coo()
+                hit = torch.isin(src, neurons)
+                lay.values[:src.numel()][hit] = 0.0
+        cols = torch.arange(st.in_features)
+        k = min(fan_in, st.in_features)
+        src = torch.stack([cols[torch.randperm(cols.numel(), generator=self._gen)[:k]]
+                           for _ in range(neurons.numel())]).flatten()
+        dst = neurons.repeat_interleave(k)
+        std = GAIN[self.activation] / math.sqrt(k)
+        init = torch.randn(src.numel(), generator=self._gen).abs() * std  # positive: alive
+        return _grow(st.layer, src, dst, init, optimizer).inserted
+
+
+def create_standard_network(architecture: Sequence[int], sparsity: float = 0.1,
+                            activation: str = "relu", seed: Optional[int] = None,
+                            device=None) -> EvolvableNetwork:
+    """The seed's ``create_standard_network(architecture, sparsity)``: an `EvolvableNetwork`
+    of `StandardSparseLayer` edge lists; ``sparsity`` is the connected fraction (0.01 = 1% of
+    each layer's connections present), as in the first generation."""
+    check_instance("architecture", architecture, (list, tuple))
+    check_choice("activation", activation, ACTIVATIONS)
+    net = EvolvableNetwork(architecture, sparsity, activation, seed)
+    return net.to(device) if device is not None else net
