@@ -1,0 +1,156 @@
+"""Item 4 of issue 20: every strategy and composed pipeline changes the network's output by at
+most 1e-5 (relative) at the moment of change, over random small architectures (hypothesis)."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import morphonet.evolution as evo
+from morphonet.evolution.strategies import rank_candidates
+from morphonet.evolution.system import output_change
+
+TOL = 1e-5
+SETTINGS = settings(max_examples=20, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def cases(draw):
+    """A random small network, its data, and whether it is trained first."""
+    n_in = draw(st.integers(2, 6))
+    hidden = draw(st.lists(st.integers(1, 9), min_size=1, max_size=3))
+    n_out = draw(st.integers(2, 4))
+    return {"arch": [n_in, *hidden, n_out], "act": draw(st.sampled_from(["relu", "tanh"])),
+            "sparsity": draw(st.floats(0.1, 0.9)), "seed": draw(st.integers(0, 10_000)),
+            "train": draw(st.booleans())}
+
+
+def _context(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    n_in, n_out = case["arch"][0], case["arch"][-1]
+    x = torch.randn(96, n_in, generator=g) * 2
+    y = torch.randint(0, n_out, (96,), generator=g)
+    net = evo.create_standard_network(case["arch"], case["sparsity"], case["act"],
+                                      seed=case["seed"])
+    ctx = evo.NetworkContext(net, (x, y), batch_size=48, seed=case["seed"])
+    if case["train"]:  # an optimizer and the dense gradients exist
+        evo.StandardNetworkTrainer(epochs=1, learning_rate=0.05, batch_size=32).train(ctx)
+    ctx.new_iteration()
+    return ctx
+
+
+def _check_change(ctx, strategy, analyzers, everywhere):
+    """Apply ``strategy`` once (when it wants to) and return the relative output change on
+    the analysed batches and, when ``everywhere``, on fresh inputs."""
+    net = ctx.network
+    analysis = {}
+    for a in analyzers:
+        analysis.update(a.analyze(ctx))
+    probe = [x for x, _ in ctx.analysis_batches(4)]
+    if everywhere:
+        probe.append(torch.randn(64, net.architecture()[0]) * 3)
+    with torch.no_grad():
+        before = [net(x).clone() for x in probe]
+    grown = strategy.should_grow(ctx, analysis)
+    if grown:
+        strategy.grow(ctx, analysis)
+        if ctx.optimizer is not None:
+            evo.sync_optimizer(ctx.optimizer, net.parameter_groups())
+            assert evo.optimizer_report(ctx.optimizer, net) == {"missing": 0, "stale": 0}
+    with torch.no_grad():
+        after = [net(x) for x in probe]
+    return grown, output_change(before, after)
+
+
+def _extrema(**kw):
+    return evo.StandardExtremaAnalyzer(max_batches=2, **kw)
+
+
+@SETTINGS
+@given(cases(), st.booleans())
+def test_extrema_growth_is_exact(case, add_layer):
+    ctx = _context(case)
+    s = evo.ExtremaGrowthStrategy(extrema_threshold=0.0, patch_size=4,
+                                  add_layer_on_extrema=add_layer, seed=case["seed"])
+    n0 = ctx.network.get_network_stats()["total_connections"]
+    grown, change = _check_change(ctx, s, [_extrema(dead_threshold=0.05,
+                                                    saturated_multiplier=1.2)],
+                                  everywhere=case["act"] == "tanh")
+    assert change <= TOL
+    if grown:
+        assert ctx.network.get_network_stats()["total_connections"] > n0
+
+
+@SETTINGS
+@given(cases())
+def test_residual_block_growth_is_exact_everywhere(case):
+    ctx = _context(case)
+    grown, change = _check_change(ctx, evo.ResidualBlockGrowthStrategy(),
+                                  [_extrema()], everywhere=True)
+    assert grown and change == 0.0
+    assert ctx.network.get_network_stats()["residual_blocks"] == 1
+
+
+@SETTINGS
+@given(cases())
+def test_pruning_is_exact_on_the_analysed_data(case):
+    ctx = _context(case)
+    # some exact zeros to find besides dead sources
+    lay = ctx.network.stages[-1].layer
+    with torch.no_grad():
+        lay.values[:max(1, lay.nnz // 3)] = 0.0
+    n0 = ctx.network.get_network_stats()["total_connections"]
+    s = evo.PruningGrowthStrategy(min_epochs=0)
+    grown, change = _check_change(ctx, s, [_extrema()], everywhere=False)
+    assert change <= TOL
+    n1 = ctx.network.get_network_stats()["total_connections"]
+    assert (n1 < n0) == grown and (not grown or s.last["pruned"] == n0 - n1)
+
+
+@SETTINGS
+@given(cases())
+def test_composed_pipeline_is_exact_at_every_change(case):
+    """A hybrid of every strategy, three iterations, strict function checks (the system
+    raises FunctionChangedError above the tolerance)."""
+    ctx = _context(case)
+    system = evo.ComposableEvolutionSystem(strict=True, tolerance=TOL, probe_batches=2)
+    system.add_component(_extrema(dead_threshold=0.05, saturated_multiplier=1.5))
+    system.add_component(evo.NetworkStatsAnalyzer())
+    system.add_component(evo.HybridGrowthStrategy([
+        evo.PruningGrowthStrategy(min_epochs=0),
+        evo.ExtremaGrowthStrategy(extrema_threshold=0.2, add_layer_on_extrema=True),
+        evo.ResidualBlockGrowthStrategy(max_blocks=2)]))
+    system.add_component(evo.StandardNetworkTrainer(epochs=1, batch_size=32))
+    system.evolve_network(ctx, num_iterations=3)
+    changes = [e["output_change"] for r in ctx.evolution_log for e in r["events"]]
+    assert changes and max(changes) <= TOL
+
+
+def test_rank_candidates_follows_the_dense_gradient():
+    """Candidates are ranked by |∂L/∂W| of the last training batch (RigL), computed at absent
+    connections: equal to the dense reference x·dy."""
+    torch.manual_seed(0)
+    lay = evo.StandardSparseLayer(5, 4, 0.3, activation=None)
+    lay.keep_for_growth = True
+    x = torch.randn(16, 5)
+    lay(x).pow(2).sum().backward()  # the layer alone (no training): its kept x and dy
+    dense = (2 * lay(x).detach()).T @ x  # (4, 5) dL/dW of sum(y²)
+    absent = (lay.edges.to_dense() == 0).nonzero()
+    src, dst = absent[:, 1], absent[:, 0]
+    a, b = rank_candidates(lay, src, dst, 3)
+    want = dense[dst, src].abs().topk(3).indices
+    assert set(zip(a.tolist(), b.tolist())) == set(zip(src[want].tolist(), dst[want].tolist()))
+
+
+def test_strategies_check_their_arguments():
+    with pytest.raises(ValueError, match="extrema_threshold"):
+        evo.ExtremaGrowthStrategy(extrema_threshold=2)
+    with pytest.raises(ValueError, match="patch_size"):
+        evo.ExtremaGrowthStrategy(patch_size=0)
+    with pytest.raises(ValueError, match="max_blocks"):
+        evo.ResidualBlockGrowthStrategy(max_blocks=0)
+    with pytest.raises(ValueError, match="strategies"):
+        evo.HybridGrowthStrategy([])
+    with pytest.raises(TypeError, match=r"strategies\[0\]"):
+        evo.HybridGrowthStrategy([object()])
