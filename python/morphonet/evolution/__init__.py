@@ -10,7 +10,11 @@ one training loop, with the optimizer kept true (`sync_optimizer`); the orchestr
 (``structure_net.evolution.components``, ``structure_net.evolution.interfaces``) are kept.
 """
 
-from .analyzers import NetworkStatsAnalyzer, StandardExtremaAnalyzer
+from .analyzers import (
+    NetworkStatsAnalyzer,
+    SimpleInformationFlowAnalyzer,
+    StandardExtremaAnalyzer,
+)
 from .components import create_standard_evolution_system
 from .interfaces import Analyzer, EvolutionComponent, GrowthStrategy, NetworkContext, NetworkTrainer
 from .network import (
@@ -25,6 +29,7 @@ from .optim import optimizer_report, replace_parameter, sync_optimizer
 from .strategies import (
     ExtremaGrowthStrategy,
     HybridGrowthStrategy,
+    InformationFlowGrowthStrategy,
     PruningGrowthStrategy,
     ResidualBlockGrowthStrategy,
 )
@@ -32,10 +37,10 @@ from .system import ComposableEvolutionSystem, EvolutionConfig, FunctionChangedE
 from .trainer import StandardNetworkTrainer, TrainerConfig
 
 __all__ = ["Analyzer", "ComposableEvolutionSystem", "EvolutionComponent", "EvolutionConfig",
-           "EvolvableNetwork", "ExtremaGrowthStrategy", "FunctionChangedError",
-           "GrowthStrategy", "HybridGrowthStrategy", "NetworkContext", "NetworkSpec",
+           "EvolvableNetwork", "ExtremaGrowthStrategy", "FunctionChangedError", "GrowthStrategy",
+           "HybridGrowthStrategy", "InformationFlowGrowthStrategy", "NetworkContext", "NetworkSpec",
            "NetworkStatsAnalyzer", "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlock",
-           "ResidualBlockGrowthStrategy", "Stage", "StandardExtremaAnalyzer",
-           "StandardNetworkTrainer", "StandardSparseLayer", "TrainerConfig",
-           "create_standard_evolution_system", "create_standard_network", "optimizer_report",
-           "replace_parameter", "sync_optimizer"]
+           "ResidualBlockGrowthStrategy", "SimpleInformationFlowAnalyzer", "Stage",
+           "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
+           "TrainerConfig", "create_standard_evolution_system", "create_standard_network",
+           "optimizer_report", "replace_parameter", "sync_optimizer"]

@@ -3,11 +3,16 @@ and every built-in analyzer, strategy and trainer, with `create_standard_evoluti
 
 from __future__ import annotations
 
-from .analyzers import NetworkStatsAnalyzer, StandardExtremaAnalyzer
+from .analyzers import (
+    NetworkStatsAnalyzer,
+    SimpleInformationFlowAnalyzer,
+    StandardExtremaAnalyzer,
+)
 from .interfaces import Analyzer, GrowthStrategy, NetworkContext, NetworkTrainer
 from .strategies import (
     ExtremaGrowthStrategy,
     HybridGrowthStrategy,
+    InformationFlowGrowthStrategy,
     PruningGrowthStrategy,
     ResidualBlockGrowthStrategy,
 )
@@ -15,10 +20,10 @@ from .system import ComposableEvolutionSystem, EvolutionConfig
 from .trainer import StandardNetworkTrainer
 
 __all__ = ["Analyzer", "ComposableEvolutionSystem", "EvolutionConfig", "ExtremaGrowthStrategy",
-           "GrowthStrategy", "HybridGrowthStrategy", "NetworkContext", "NetworkStatsAnalyzer",
-           "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlockGrowthStrategy",
-           "StandardExtremaAnalyzer", "StandardNetworkTrainer",
-           "create_standard_evolution_system"]
+           "GrowthStrategy", "HybridGrowthStrategy", "InformationFlowGrowthStrategy",
+           "NetworkContext", "NetworkStatsAnalyzer", "NetworkTrainer", "PruningGrowthStrategy",
+           "ResidualBlockGrowthStrategy", "SimpleInformationFlowAnalyzer",
+           "StandardExtremaAnalyzer", "StandardNetworkTrainer", "create_standard_evolution_system"]
 
 
 def create_standard_evolution_system(epochs: int = 5, learning_rate: float = 0.01

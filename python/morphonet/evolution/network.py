@@ -134,10 +134,12 @@ def resized(layer: SparseLinear, in_features: int, out_features: int,
 
 
 def _grow(layer: SparseLinear, src: Tensor, dst: Tensor, values, optimizer):
-    """``layer.grow`` with the optimizer; without one (before any training built it) the
-    layer's warning about an optimizer holding the old values does not apply: the first
-    trainer builds the optimizer from the live parameters."""
-    if optimizer is not None:
+    """``layer.grow`` with the optimizer when it holds the layer's values; otherwise (before
+    any training built one, or a layer made in this change) without, and without the
+    layer's warning about an optimizer holding old values: `sync_optimizer` then adds the
+    live parameters."""
+    if optimizer is not None and any(p is layer.values for g in optimizer.param_groups
+                                     for p in g["params"]):
         return layer.grow(src, dst, values, optimizer=optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="SparseLinear outgrew its capacity")

@@ -17,6 +17,9 @@ surviving moments move with their parameters.
   the most extrema (or the deepest with the fewest blocks).
 * `PruningGrowthStrategy`: removes edges that carry nothing: value exactly 0 (or ≤
   ``weight_threshold``) and edges out of neurons that were exactly 0 on every analysed sample.
+* `InformationFlowGrowthStrategy`: widens the worst bottleneck of
+  `SimpleInformationFlowAnalyzer` (new neurons with random incoming and zero-valued outgoing
+  edges: every weight kept, the function exact everywhere), or inserts a layer after it.
 * `HybridGrowthStrategy`: several strategies in turn, each where it wants to grow.
 
 Where a choice among absent connections is made, candidates are ranked by the dense gradient
@@ -26,6 +29,7 @@ Where a choice among absent connections is made, candidates are ranked by the de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Optional
 
@@ -34,11 +38,13 @@ from torch import Tensor
 
 from morpho_kernels.nn import SparseLinear
 
-from ..checks import check_bool, check_fraction, check_instance, check_int, check_real
+from ..checks import check_bool, check_choice, check_fraction, check_instance, check_int, check_real
 from .interfaces import GrowthStrategy, NetworkContext
 from .network import EvolvableNetwork
+from .optim import sync_optimizer
 
-__all__ = ["ExtremaGrowthStrategy", "HybridGrowthStrategy", "PruningGrowthStrategy",
+__all__ = ["ExtremaGrowthStrategy", "HybridGrowthStrategy", "InformationFlowGrowthStrategy",
+           "PruningGrowthStrategy",
            "ResidualBlockGrowthStrategy", "rank_candidates"]
 
 
@@ -262,6 +268,53 @@ class PruningGrowthStrategy(GrowthStrategy):
         return context
 
 
+class InformationFlowGrowthStrategy(GrowthStrategy):
+    """Grows at the worst information bottleneck (module docstring).
+
+    Args:
+        widen_fraction: new neurons as a fraction of the stage's width (at least one).
+        max_width: a stage is not widened beyond this.
+        mode: ``"widen"`` the bottleneck stage, or ``"insert"`` a layer after it.
+    """
+
+    def __init__(self, widen_fraction: float = 0.25, max_width: int = 1024,
+                 mode: str = "widen"):
+        self.widen_fraction = check_fraction("widen_fraction", widen_fraction, lo_open=True)
+        self.max_width = check_int("max_width", max_width, 1)
+        self.mode = check_choice("mode", mode, ("widen", "insert"))
+        self.last: dict = {}
+
+    def _target(self, net: EvolvableNetwork, analysis: dict) -> Optional[int]:
+        for uid in analysis.get("bottlenecks", []):
+            s = net.stage_index(uid)
+            if s is None or s >= len(net.stages) - 1:
+                continue
+            if self.mode == "insert":
+                if not (net.activation == "relu" and net.stages[s].blocks):
+                    return s
+            elif not net.stages[s].residual and net.stages[s].out_features < self.max_width:
+                return s
+        return None
+
+    def should_grow(self, context: NetworkContext, analysis: dict) -> bool:
+        """When the analysis names a bottleneck this strategy can grow."""
+        return self._target(_network(context), analysis) is not None
+
+    def grow(self, context: NetworkContext, analysis: dict) -> NetworkContext:
+        """Widen (or insert after) the worst bottleneck; ``self.last`` says which."""
+        net = _network(context)
+        s = self._target(net, analysis)
+        if s is None:
+            return context
+        if self.mode == "insert":
+            self.last = {"stage": s, "inserted": net.insert_layer(s, context.optimizer)}
+        else:
+            w = net.stages[s].out_features
+            k = min(max(1, math.ceil(self.widen_fraction * w)), self.max_width - w)
+            self.last = {"stage": s, "added": net.widen(s, k, context.optimizer)}
+        return context
+
+
 class HybridGrowthStrategy(GrowthStrategy):
     """Several strategies in turn: each grows when its own ``should_grow`` says so (asked
     again after the ones before it changed the network)."""
@@ -285,5 +338,7 @@ class HybridGrowthStrategy(GrowthStrategy):
             if s.should_grow(context, analysis):
                 context = s.grow(context, analysis)
                 grown.append(s.name)
+                if context.optimizer is not None:  # the next one may edit what this one made
+                    sync_optimizer(context.optimizer, context.network.parameter_groups())
         self.last = {"grown": grown}
         return context

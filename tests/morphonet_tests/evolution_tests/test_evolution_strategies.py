@@ -78,8 +78,10 @@ def test_extrema_growth_is_exact(case, add_layer):
                                                     saturated_multiplier=1.2)],
                                   everywhere=case["act"] == "tanh")
     assert change <= TOL
-    if grown:
-        assert ctx.network.get_network_stats()["total_connections"] > n0
+    if grown:  # the edges the strategy reports are the network's new edges
+        n1 = ctx.network.get_network_stats()["total_connections"]
+        new = s.last["revival_edges"] + s.last["relief_edges"]
+        assert n1 - n0 == new if s.last["added_layer"] is None else n1 - n0 > new
 
 
 @SETTINGS
@@ -109,6 +111,22 @@ def test_pruning_is_exact_on_the_analysed_data(case):
 
 
 @SETTINGS
+@given(cases(), st.sampled_from(["widen", "insert"]))
+def test_information_flow_growth_is_exact_everywhere(case, mode):
+    ctx = _context(case)
+    arch0 = ctx.network.architecture()
+    analyzer = evo.SimpleInformationFlowAnalyzer(max_batches=2, min_loss=0.0)
+    s = evo.InformationFlowGrowthStrategy(widen_fraction=0.5, mode=mode)
+    grown, change = _check_change(ctx, s, [analyzer], everywhere=True)
+    assert change <= TOL
+    if grown and mode == "widen":
+        st_ = s.last["stage"]
+        assert ctx.network.architecture()[st_ + 1] > arch0[st_ + 1]
+    elif grown:
+        assert len(ctx.network.architecture()) == len(arch0) + 1
+
+
+@SETTINGS
 @given(cases())
 def test_composed_pipeline_is_exact_at_every_change(case):
     """A hybrid of every strategy, three iterations, strict function checks (the system
@@ -117,9 +135,11 @@ def test_composed_pipeline_is_exact_at_every_change(case):
     system = evo.ComposableEvolutionSystem(strict=True, tolerance=TOL, probe_batches=2)
     system.add_component(_extrema(dead_threshold=0.05, saturated_multiplier=1.5))
     system.add_component(evo.NetworkStatsAnalyzer())
+    system.add_component(evo.SimpleInformationFlowAnalyzer(max_batches=2, min_loss=0.0))
     system.add_component(evo.HybridGrowthStrategy([
         evo.PruningGrowthStrategy(min_epochs=0),
         evo.ExtremaGrowthStrategy(extrema_threshold=0.2, add_layer_on_extrema=True),
+        evo.InformationFlowGrowthStrategy(),
         evo.ResidualBlockGrowthStrategy(max_blocks=2)]))
     system.add_component(evo.StandardNetworkTrainer(epochs=1, batch_size=32))
     system.evolve_network(ctx, num_iterations=3)

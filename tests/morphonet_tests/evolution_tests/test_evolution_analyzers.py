@@ -1,0 +1,105 @@
+"""Item 3 of issue 20: analyzers that honour their arguments, checked on known answers."""
+
+import math
+
+import pytest
+import torch
+
+import morphonet.evolution as evo
+from morphonet.evolution.analyzers import layer_codes, plugin_mutual_information
+
+
+def _set_layer(layer, weight, bias):
+    """Give a StandardSparseLayer the dense ``weight`` (every entry an edge) and ``bias``."""
+    from morpho_kernels.formats import EdgeList
+
+    out_f, in_f = weight.shape
+    e = EdgeList.from_dense(torch.ones(out_f, in_f))
+    layer.row_ptr, layer.col, layer._edges_cache = e.row_ptr, e.col, e
+    with torch.no_grad():
+        layer.values.data = weight.flatten().clone()
+        layer.bias.data = bias.clone()
+
+
+def _known_net():
+    """[2, 4, 2] ReLU net whose hidden neurons are relu(x0), relu(0.5·x0), relu(−1) (dead)
+    and relu(10·x0)."""
+    net = evo.create_standard_network([2, 4, 2], 0.5, seed=0)
+    w = torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [10.0, 0.0]])
+    _set_layer(net.stages[0].layer, w, torch.tensor([0.0, 0.0, -1.0, 0.0]))
+    return net
+
+
+def test_extrema_analyzer_honours_thresholds_and_batches():
+    x = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).repeat(8, 1)  # x0 ∈ {1, 0}: mean 0.5
+    y = torch.zeros(16).long()
+    net = _known_net()
+    # mean |h| per neuron: 0.5, 0.25, 0, 5; layer average 1.4375
+    ctx = evo.NetworkContext(net, (x, y), batch_size=4)
+    r = evo.StandardExtremaAnalyzer(max_batches=3, dead_threshold=0.01,
+                                    saturated_multiplier=2.5).analyze(ctx)
+    p = r["extrema_patterns"][0]
+    assert (p["dead"], p["saturated"], p["zero"]) == ([2], [3], [2])
+    assert r["extrema_batches"] == 3 and r["hidden_neurons"] == 4
+    assert r["extrema_ratio"] == pytest.approx(2 / 4)
+    assert p["mean_abs"] == pytest.approx((0.5 + 0.25 + 0 + 5) / 4)
+    # a higher dead threshold: 0.25 < 0.3 is dead too; a higher multiplier: nothing saturated
+    r = evo.StandardExtremaAnalyzer(dead_threshold=0.3, saturated_multiplier=4.0).analyze(ctx)
+    p = r["extrema_patterns"][0]
+    assert (p["dead"], p["saturated"]) == ([1, 2], [])
+    r = evo.StandardExtremaAnalyzer(max_batches=1).analyze(ctx)
+    assert r["extrema_batches"] == 1
+    with pytest.raises(ValueError, match="saturated_multiplier"):
+        evo.StandardExtremaAnalyzer(saturated_multiplier=0.5)
+
+
+def test_plugin_mutual_information_known_answers():
+    y4 = torch.arange(400) % 4
+    assert plugin_mutual_information(y4, y4) == pytest.approx(2.0)  # H(Y), 4 balanced classes
+    assert plugin_mutual_information(torch.zeros(400), y4) == pytest.approx(0.0, abs=1e-12)
+    i = torch.arange(400)
+    assert plugin_mutual_information(i % 2, (i // 2) % 2) == pytest.approx(0.0, abs=1e-12)
+    assert plugin_mutual_information(y4 // 2, y4) == pytest.approx(1.0)  # half of it
+    # a binary symmetric channel with flip rate 1/4: 1 − H(1/4)
+    lab = i % 2
+    code = lab ^ ((i // 2) % 4 == 0).long()
+    h = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))
+    assert plugin_mutual_information(code, lab) == pytest.approx(1 - h)
+    codes = layer_codes(torch.tensor([[0.0, 5.0], [1.0, 5.0], [0.4, 5.0], [0.6, 5.0]]), 2)
+    assert codes.tolist() == [[0, 0], [1, 0], [0, 0], [1, 0]]
+
+
+def test_information_flow_finds_the_bottleneck():
+    """Input → hidden copies x0 (the label) and drops x1 → a stage that kills everything:
+    the second hidden stage carries 0 bits and is the bottleneck."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(256) % 2
+    x = torch.stack([y.float() * 2 - 1 + 0.1 * torch.randn(256, generator=g),
+                     torch.randn(256, generator=g)], 1)
+    net = evo.create_standard_network([2, 3, 3, 2], 0.5, seed=0)
+    _set_layer(net.stages[0].layer, torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0]]),
+               torch.zeros(3))
+    _set_layer(net.stages[1].layer, -torch.ones(3, 3), -torch.ones(3))  # all dead
+    ctx = evo.NetworkContext(net, (x, y), batch_size=64)
+    r = evo.SimpleInformationFlowAnalyzer(max_batches=4, bins=2, min_loss=0.5).analyze(ctx)
+    flow = r["information_flow"]
+    assert r["label_entropy"] == pytest.approx(1.0)
+    assert flow[1] == pytest.approx(1.0)  # relu(±x0) separates the classes exactly
+    assert flow[2] == pytest.approx(0.0, abs=1e-12)
+    assert r["bottlenecks"] == [net.stages[1].uid]
+    assert r["layer_information"][1]["loss"] == pytest.approx(1.0)
+    # min_loss honoured: nothing loses more than 1.5 bits
+    assert evo.SimpleInformationFlowAnalyzer(min_loss=1.5).analyze(ctx)["bottlenecks"] == []
+
+
+def test_network_stats_analyzer():
+    net = evo.create_standard_network([5, 6, 3], 0.5, seed=0)
+    net.add_residual_block(0, hidden=2)
+    ctx = evo.NetworkContext(net, (torch.randn(4, 5), torch.zeros(4).long()))
+    r = evo.NetworkStatsAnalyzer().analyze(ctx)
+    blocks = net.stages[0].blocks[0]
+    assert r["total_connections"] == (net.stages[0].layer.nnz + net.stages[1].layer.nnz
+                                      + blocks.first.nnz + blocks.second.nnz)
+    assert r["residual_blocks"] == 1 and r["architecture"] == [5, 6, 3]
+    assert r["connectivity"] == pytest.approx(
+        (net.stages[0].layer.nnz + net.stages[1].layer.nnz) / (30 + 18))
