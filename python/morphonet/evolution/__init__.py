@@ -3,13 +3,27 @@
 Pieces: `EvolvableNetwork` / `create_standard_network` (edge-list layers,
 `StandardSparseLayer`, with exact structural edits), `NetworkContext` and the interfaces
 `Analyzer`, `GrowthStrategy`, `NetworkTrainer`; analyzers (`StandardExtremaAnalyzer`,
-`NetworkStatsAnalyzer`); strategies (`ExtremaGrowthStrategy`, `ResidualBlockGrowthStrategy`,
-`PruningGrowthStrategy`, `HybridGrowthStrategy`); the trainer `StandardNetworkTrainer` on the
-one training loop, with the optimizer kept true (`sync_optimizer`); the orchestrator
-`ComposableEvolutionSystem` and `create_standard_evolution_system`. The seed's import names
+`NetworkStatsAnalyzer`, `SimpleInformationFlowAnalyzer`); strategies
+(`ExtremaGrowthStrategy`, `ResidualBlockGrowthStrategy`, `PruningGrowthStrategy`,
+`HybridGrowthStrategy`, `InformationFlowGrowthStrategy`); the trainer `StandardNetworkTrainer`
+on the one training loop, with the optimizer kept true (`sync_optimizer`); the adaptive
+learning-rate rules (`adaptive_lr`: hooks over parameter groups, e.g.
+`UnifiedAdaptiveLearning`); the orchestrator `ComposableEvolutionSystem` and
+`create_standard_evolution_system`. The seed's import names
 (``structure_net.evolution.components``, ``structure_net.evolution.interfaces``) are kept.
 """
 
+from .adaptive_lr import (
+    AdaptiveScheduler,
+    ExponentialBackoffScheduler,
+    ExtremaPhaseScheduler,
+    GrowthPhaseScheduler,
+    LayerAgeAwareScheduler,
+    LayerwiseAdaptiveRates,
+    ScaleDependentScheduler,
+    SoftClampingScheduler,
+    UnifiedAdaptiveLearning,
+)
 from .analyzers import (
     NetworkStatsAnalyzer,
     SimpleInformationFlowAnalyzer,
@@ -36,11 +50,14 @@ from .strategies import (
 from .system import ComposableEvolutionSystem, EvolutionConfig, FunctionChangedError
 from .trainer import StandardNetworkTrainer, TrainerConfig
 
-__all__ = ["Analyzer", "ComposableEvolutionSystem", "EvolutionComponent", "EvolutionConfig",
-           "EvolvableNetwork", "ExtremaGrowthStrategy", "FunctionChangedError", "GrowthStrategy",
-           "HybridGrowthStrategy", "InformationFlowGrowthStrategy", "NetworkContext", "NetworkSpec",
-           "NetworkStatsAnalyzer", "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlock",
-           "ResidualBlockGrowthStrategy", "SimpleInformationFlowAnalyzer", "Stage",
-           "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
-           "TrainerConfig", "create_standard_evolution_system", "create_standard_network",
-           "optimizer_report", "replace_parameter", "sync_optimizer"]
+__all__ = ["AdaptiveScheduler", "Analyzer", "ComposableEvolutionSystem", "EvolutionComponent",
+           "EvolutionConfig", "EvolvableNetwork", "ExponentialBackoffScheduler",
+           "ExtremaGrowthStrategy", "ExtremaPhaseScheduler", "FunctionChangedError",
+           "GrowthPhaseScheduler", "GrowthStrategy", "HybridGrowthStrategy",
+           "InformationFlowGrowthStrategy", "LayerAgeAwareScheduler", "LayerwiseAdaptiveRates",
+           "NetworkContext", "NetworkSpec", "NetworkStatsAnalyzer", "NetworkTrainer",
+           "PruningGrowthStrategy", "ResidualBlock", "ResidualBlockGrowthStrategy",
+           "ScaleDependentScheduler", "SimpleInformationFlowAnalyzer", "SoftClampingScheduler",
+           "Stage", "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
+           "TrainerConfig", "UnifiedAdaptiveLearning", "create_standard_evolution_system",
+           "create_standard_network", "optimizer_report", "replace_parameter", "sync_optimizer"]

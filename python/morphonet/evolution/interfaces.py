@@ -79,6 +79,7 @@ class NetworkContext:
         self.epoch = 0
         self.iteration = 0
         self.hooks: list = []  # extra TrainLoop hooks every trainer adds (e.g. LR rules)
+        self.analysis: dict = {}  # the current iteration's merged analysis
         self._cache: list[tuple[Tensor, Tensor]] = []
         self._it: Optional[Iterator] = None
 

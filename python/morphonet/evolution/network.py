@@ -184,7 +184,8 @@ class ResidualBlock(nn.Module):
 class Stage(nn.Module):
     """One layer of an `EvolvableNetwork`: ``act(W h + b)`` (``residual``: ``h + act(W h +
     b)``), then its residual blocks; ``activation`` None for the logits. ``uid`` names it in
-    the optimizer's parameter groups; ``birth`` is the evolution iteration that made it."""
+    the optimizer's parameter groups; ``birth`` is the training epoch at which it was made
+    (the network's ``epoch`` then)."""
 
     def __init__(self, layer: SparseLinear, activation: Optional[str], uid: int,
                  residual: bool = False, birth: int = 0):
@@ -211,6 +212,10 @@ class Stage(nn.Module):
         for b in self.blocks:
             out = out + b(out)
         return out
+
+
+def _size(layer: SparseLinear) -> int:
+    return layer.nnz + (layer.bias.numel() if layer.bias is not None else 0)
 
 
 def sparse_layers(module: nn.Module) -> list[SparseLinear]:
@@ -264,6 +269,7 @@ class EvolvableNetwork(nn.Module, InputRules):
         self.track = False
         self.activations: list[Tensor] = []
         self.iteration = 0  # the evolution iteration (set by the evolution system)
+        self.epoch = 0  # epochs trained so far (set by the system; new layers' birth)
 
     def _uid(self) -> int:
         self._next_uid += 1
@@ -329,13 +335,16 @@ class EvolvableNetwork(nn.Module, InputRules):
 
     def units(self) -> dict[str, dict]:
         """Per optimizer group name: ``depth`` (stage index / (stages − 1), in [0, 1]) and
-        ``birth`` (iteration made): what the layer-wise learning-rate rules read."""
+        ``birth`` (the epoch it was made at), ``index`` (its stage) and ``size`` (live
+        connections + biases): what the learning-rate rules read."""
         n = max(1, len(self.stages) - 1)
         out = {}
         for i, st in enumerate(self.stages):
-            out[f"stage{st.uid}"] = {"depth": i / n, "birth": st.birth, "index": i}
+            out[f"stage{st.uid}"] = {"depth": i / n, "birth": st.birth, "index": i,
+                                     "size": _size(st.layer)}
             for b in st.blocks:
-                out[f"block{b.uid}"] = {"depth": i / n, "birth": b.birth, "index": i}
+                out[f"block{b.uid}"] = {"depth": i / n, "birth": b.birth, "index": i,
+                                        "size": _size(b.first) + _size(b.second)}
         return out
 
     def get_network_stats(self) -> dict:
@@ -444,7 +453,7 @@ class EvolvableNetwork(nn.Module, InputRules):
                 s_, d_ = lay.edges.to_coo()
                 lay.values[:lay.nnz] = (s_ == d_).to(lay.values.dtype)
         new = Stage(lay.to(st.layer.values.device), self.activation, self._uid(),
-                    residual=not identity, birth=self.iteration)
+                    residual=not identity, birth=self.epoch)
         self.stages.insert(after + 1, new)
         return after + 1
 
@@ -457,7 +466,7 @@ class EvolvableNetwork(nn.Module, InputRules):
         hidden = w if hidden is None else check_int("hidden", hidden, 1)
         density = self.spec.sparsity if density is None else check_fraction("density",
                                                                              density)
-        b = ResidualBlock(w, hidden, density, self.activation, self._uid(), self.iteration,
+        b = ResidualBlock(w, hidden, density, self.activation, self._uid(), self.epoch,
                           self._gen).to(st.layer.values.device)
         for lay in sparse_layers(b):
             lay.keep_for_growth = st.layer.keep_for_growth

@@ -3,7 +3,9 @@
 One iteration of `ComposableEvolutionSystem.evolve_network`:
 
 1. the context forgets last iteration's analysis batches (`NetworkContext.new_iteration`);
-2. every analyzer's ``analyze(context)``; their dicts are merged (in order) into ``analysis``;
+2. every analyzer's ``analyze(context)``; their dicts are merged (in order) into ``analysis``
+   (kept as ``context.analysis`` and passed to every context hook with an ``observe``
+   method, e.g. the extrema-phase learning rate);
 3. every strategy, in order: when ``should_grow(context, analysis)``, ``grow`` changes the
    network; then the optimizer is made true to it (`sync_optimizer`) and the change of the
    network's output on the first analysis batch is measured (relative max change; with
@@ -143,8 +145,13 @@ class ComposableEvolutionSystem:
             context.new_iteration()
             if hasattr(context.network, "iteration"):
                 context.network.iteration = context.iteration
+                context.network.epoch = context.epoch
             t0 = time.perf_counter()
             analysis = self.analyze(context)
+            context.analysis = analysis
+            for h in context.hooks:  # e.g. the extrema-phase learning rate reads the analysis
+                if hasattr(h, "observe"):
+                    h.observe(analysis)
             t1 = time.perf_counter()
             context, events = self.grow(context, analysis)
             t2 = time.perf_counter()
