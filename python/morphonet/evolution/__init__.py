@@ -25,6 +25,7 @@ from .adaptive_lr import (
     UnifiedAdaptiveLearning,
 )
 from .analyzers import (
+    GraphAnalyzer,
     NetworkStatsAnalyzer,
     SimpleInformationFlowAnalyzer,
     StandardExtremaAnalyzer,
@@ -53,7 +54,7 @@ from .trainer import StandardNetworkTrainer, TrainerConfig
 __all__ = ["AdaptiveScheduler", "Analyzer", "ComposableEvolutionSystem", "EvolutionComponent",
            "EvolutionConfig", "EvolvableNetwork", "ExponentialBackoffScheduler",
            "ExtremaGrowthStrategy", "ExtremaPhaseScheduler", "FunctionChangedError",
-           "GrowthPhaseScheduler", "GrowthStrategy", "HybridGrowthStrategy",
+           "GraphAnalyzer", "GrowthPhaseScheduler", "GrowthStrategy", "HybridGrowthStrategy",
            "InformationFlowGrowthStrategy", "LayerAgeAwareScheduler", "LayerwiseAdaptiveRates",
            "NetworkContext", "NetworkSpec", "NetworkStatsAnalyzer", "NetworkTrainer",
            "PruningGrowthStrategy", "ResidualBlock", "ResidualBlockGrowthStrategy",

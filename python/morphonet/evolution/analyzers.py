@@ -19,6 +19,9 @@
   a code equal to the label gives H(Y), an independent code 0). A hidden stage is a
   **bottleneck** when its estimate is at least ``min_loss`` bits below the layer before it
   (the input for the first stage); bottlenecks are listed worst first.
+* `GraphAnalyzer`: networkx on the connection graph (neurons as nodes, live connections
+  with |w| above ``weight_threshold`` as edges): degrees, clustering, components,
+  input → output reachability and path lengths, dead ends, betweenness centrality.
 * `NetworkStatsAnalyzer`: the network's `get_network_stats` (connections, parameters,
   architecture, depth, connectivity, residual blocks).
 """
@@ -26,6 +29,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -35,8 +39,9 @@ from morpho_kernels import extrema_stats
 from ..checks import check_int, check_real
 from .interfaces import Analyzer, NetworkContext
 
-__all__ = ["NetworkStatsAnalyzer", "SimpleInformationFlowAnalyzer", "StandardExtremaAnalyzer",
-           "layer_codes", "plugin_mutual_information", "stage_activations"]
+__all__ = ["GraphAnalyzer", "NetworkStatsAnalyzer", "SimpleInformationFlowAnalyzer",
+           "StandardExtremaAnalyzer", "connection_graph", "layer_codes",
+           "plugin_mutual_information", "stage_activations"]
 
 
 @torch.no_grad()
@@ -179,3 +184,97 @@ class SimpleInformationFlowAnalyzer(Analyzer):
                 "layer_information": per,
                 "bottlenecks": [u for _, u in sorted(bottle, reverse=True)],
                 "information_batches": len(batches)}
+
+
+def connection_graph(net, weight_threshold: float = 0.0):
+    """The network's connection graph as a ``networkx.DiGraph``: a node ``(l, i)`` per neuron
+    i of layer l (0 = input, l = output of stage l − 1; a residual block's inner neuron j of
+    stage s is ``(l, "b<uid>", j)``), an edge per live connection with |w| > ``weight_threshold``
+    (attribute ``weight``), and the identity path of residual stages (weight 1)."""
+    import networkx as nx
+
+    g = nx.DiGraph()
+    arch = net.architecture()
+    for l, w in enumerate(arch):
+        g.add_nodes_from((l, i) for i in range(w))
+
+    def add(lay, src_node, dst_node):
+        src, dst = lay.edges.to_coo()
+        vals = lay.values.detach()[:src.numel()].abs()
+        keep = vals > weight_threshold
+        g.add_weighted_edges_from((src_node(int(a)), dst_node(int(b)), float(v)) for a, b, v
+                                  in zip(src[keep], dst[keep], vals[keep]))
+
+    for s, st in enumerate(net.stages):
+        add(st.layer, lambda a, s=s: (s, a), lambda b, s=s: (s + 1, b))
+        if st.residual:
+            g.add_weighted_edges_from(((s, i), (s + 1, i), 1.0) for i in range(arch[s]))
+        for b in st.blocks:
+            tag = f"b{b.uid}"
+            add(b.first, lambda a, s=s: (s + 1, a), lambda j, s=s, t=tag: (s + 1, t, j))
+            add(b.second, lambda j, s=s, t=tag: (s + 1, t, j), lambda i, s=s: (s + 1, i))
+    return g
+
+
+class GraphAnalyzer(Analyzer):
+    """Graph metrics of the connection graph (`connection_graph`, networkx).
+
+    Args:
+        weight_threshold: connections with |w| at or below it are left out.
+        centrality_samples: sources sampled for betweenness centrality (None: exact).
+        top_k: how many most central neurons to name.
+        seed: the sampling seed.
+
+    Returns ``graph_nodes``, ``graph_edges``, ``mean_degree`` (edges per node, in + out),
+    ``max_in_degree``, ``max_out_degree``, ``isolated_neurons`` (degree 0),
+    ``average_clustering`` (undirected), ``components`` (weakly connected),
+    ``largest_component_fraction``, ``reachable_outputs`` (share of outputs with a path from
+    some input), ``mean_path_length`` (mean shortest input → output path over connected pairs;
+    None when none), ``dead_end_neurons`` (hidden neurons with input but no path to an
+    output), ``max_betweenness`` and ``central_neurons`` (the ``top_k`` nodes by betweenness,
+    as [layer, neuron] lists).
+    """
+
+    def __init__(self, weight_threshold: float = 0.0, centrality_samples: Optional[int] = None,
+                 top_k: int = 5, seed: int = 0):
+        self.weight_threshold = check_real("weight_threshold", weight_threshold, 0)
+        self.centrality_samples = check_int("centrality_samples", centrality_samples, 1,
+                                            optional=True)
+        self.top_k = check_int("top_k", top_k, 0)
+        self.seed = check_int("seed", seed, 0)
+
+    def analyze(self, context: NetworkContext) -> dict:
+        """The graph metrics of ``context.network``."""
+        import networkx as nx
+
+        net = context.network
+        g = connection_graph(net, self.weight_threshold)
+        arch = net.architecture()
+        inputs = [(0, i) for i in range(arch[0])]
+        outputs = [(len(arch) - 1, i) for i in range(arch[-1])]
+        u = g.to_undirected()
+        comps = list(nx.connected_components(u))
+        from_in = set().union(*(nx.descendants(g, x) for x in inputs))
+        to_out = set().union(*(nx.ancestors(g, y) for y in outputs))
+        lengths = [d for x in inputs for y, d in
+                   nx.single_source_shortest_path_length(g, x).items() if y in set(outputs)]
+        hidden = [n for n in g if n[0] not in (0, len(arch) - 1) or len(n) == 3]
+        k = None if self.centrality_samples is None else min(self.centrality_samples, len(g))
+        bc = nx.betweenness_centrality(g, k=k, seed=self.seed)
+        top = sorted(bc, key=lambda n: (-bc[n], str(n)))[:self.top_k]
+        n_nodes = g.number_of_nodes()
+        return {
+            "graph_nodes": n_nodes, "graph_edges": g.number_of_edges(),
+            "mean_degree": 2 * g.number_of_edges() / max(1, n_nodes),
+            "max_in_degree": max((d for _, d in g.in_degree()), default=0),
+            "max_out_degree": max((d for _, d in g.out_degree()), default=0),
+            "isolated_neurons": sum(1 for _, d in u.degree() if d == 0),
+            "average_clustering": nx.average_clustering(u) if n_nodes else 0.0,
+            "components": len(comps),
+            "largest_component_fraction": max(map(len, comps)) / n_nodes if comps else 0.0,
+            "reachable_outputs": sum(y in from_in for y in outputs) / len(outputs),
+            "mean_path_length": sum(lengths) / len(lengths) if lengths else None,
+            "dead_end_neurons": sum(1 for n in hidden if g.in_degree(n) and n not in to_out),
+            "max_betweenness": max(bc.values(), default=0.0),
+            "central_neurons": [[n[0], n[-1]] for n in top],
+        }

@@ -4,6 +4,7 @@ and every built-in analyzer, strategy and trainer, with `create_standard_evoluti
 from __future__ import annotations
 
 from .analyzers import (
+    GraphAnalyzer,
     NetworkStatsAnalyzer,
     SimpleInformationFlowAnalyzer,
     StandardExtremaAnalyzer,
@@ -20,10 +21,11 @@ from .system import ComposableEvolutionSystem, EvolutionConfig
 from .trainer import StandardNetworkTrainer
 
 __all__ = ["Analyzer", "ComposableEvolutionSystem", "EvolutionConfig", "ExtremaGrowthStrategy",
-           "GrowthStrategy", "HybridGrowthStrategy", "InformationFlowGrowthStrategy",
-           "NetworkContext", "NetworkStatsAnalyzer", "NetworkTrainer", "PruningGrowthStrategy",
-           "ResidualBlockGrowthStrategy", "SimpleInformationFlowAnalyzer",
-           "StandardExtremaAnalyzer", "StandardNetworkTrainer", "create_standard_evolution_system"]
+           "GraphAnalyzer", "GrowthStrategy", "HybridGrowthStrategy",
+           "InformationFlowGrowthStrategy", "NetworkContext", "NetworkStatsAnalyzer",
+           "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlockGrowthStrategy",
+           "SimpleInformationFlowAnalyzer", "StandardExtremaAnalyzer", "StandardNetworkTrainer",
+           "create_standard_evolution_system"]
 
 
 def create_standard_evolution_system(epochs: int = 5, learning_rate: float = 0.01

@@ -103,3 +103,41 @@ def test_network_stats_analyzer():
     assert r["residual_blocks"] == 1 and r["architecture"] == [5, 6, 3]
     assert r["connectivity"] == pytest.approx(
         (net.stages[0].layer.nnz + net.stages[1].layer.nnz) / (30 + 18))
+
+
+def _edges(layer, src, dst, values):
+    from morpho_kernels.formats import EdgeList
+
+    e = EdgeList.from_coo(torch.tensor(src), torch.tensor(dst), layer.in_features,
+                          layer.out_features)
+    layer.row_ptr, layer.col, layer._edges_cache = e.row_ptr, e.col, e
+    with torch.no_grad():
+        layer.values.data = torch.tensor(values)  # slots in (dst, src) order
+
+
+def test_graph_analyzer_known_graph_and_threshold():
+    """in0 → h0 (1.0), in1 → h0 (0.05), in1 → h1 (2.0); h0 → out0 (1.0): h1 is a dead end,
+    out1 unreachable and isolated, h0 the only intermediate on input → output paths."""
+    net = evo.create_standard_network([2, 2, 2], 0.5, seed=0)
+    _edges(net.stages[0].layer, [0, 1, 1], [0, 0, 1], [1.0, 0.05, 2.0])
+    _edges(net.stages[1].layer, [0], [0], [1.0])
+    ctx = evo.NetworkContext(net, (torch.zeros(2, 2), torch.zeros(2).long()))
+    r = evo.GraphAnalyzer(top_k=1).analyze(ctx)
+    assert (r["graph_nodes"], r["graph_edges"]) == (6, 4)
+    assert r["mean_degree"] == pytest.approx(8 / 6)
+    assert (r["max_in_degree"], r["max_out_degree"], r["isolated_neurons"]) == (2, 2, 1)
+    assert (r["components"], r["largest_component_fraction"]) == (2, pytest.approx(5 / 6))
+    assert r["reachable_outputs"] == 0.5 and r["mean_path_length"] == 2.0
+    assert r["dead_end_neurons"] == 1 and r["average_clustering"] == 0.0
+    assert r["max_betweenness"] == pytest.approx(2 / 20)  # 2 of the (n−1)(n−2) pairs
+    assert r["central_neurons"] == [[1, 0]]
+    r = evo.GraphAnalyzer(weight_threshold=0.1).analyze(ctx)
+    assert r["graph_edges"] == 3 and r["max_betweenness"] == pytest.approx(1 / 20)
+    # a residual block's inner neurons are nodes too, a triangle-free chain through them
+    net.add_residual_block(0, hidden=1)
+    blk = net.stages[0].blocks[0]
+    with torch.no_grad():
+        blk.second.values[:blk.second.nnz] = 1.0
+    r = evo.GraphAnalyzer().analyze(ctx)
+    assert r["graph_nodes"] == 7
+    assert r["graph_edges"] == 4 + blk.first.nnz + blk.second.nnz
