@@ -9,6 +9,7 @@ then trainers, every iteration.
 
 from __future__ import annotations
 
+import copy as _copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional, Union
@@ -110,6 +111,19 @@ class NetworkContext:
     def new_iteration(self) -> None:
         """Forget the cached analysis batches (the system calls it at each iteration)."""
         self._cache, self._it = [], None
+
+    def copy(self) -> NetworkContext:
+        """An independent copy: the network, the optimizer and the hooks deep-copied together
+        (the optimizer holds the copy's parameters, with their state), the history and logs
+        copied; the training and validation data shared."""
+        new = _copy.copy(self)
+        new.network, new.optimizer, new.hooks = _copy.deepcopy(
+            (self.network, self.optimizer, self.hooks))
+        new.history, new.evolution_log = _copy.deepcopy((self.history, self.evolution_log))
+        new.analysis = dict(self.analysis)
+        new.generator = torch.Generator().set_state(self.generator.get_state())
+        new._cache, new._it = [], None
+        return new
 
     @property
     def performance(self) -> Optional[float]:

@@ -135,12 +135,16 @@ class ComposableEvolutionSystem:
                                            f"{c.tolerance:g}")
         return context, events
 
-    def evolve_network(self, context: NetworkContext, num_iterations: int = 1
-                       ) -> NetworkContext:
-        """``num_iterations`` iterations of analyse → grow → train (module docstring);
-        returns the context (its network changed in place)."""
+    def evolve_network(self, context: NetworkContext, num_iterations: int = 1, *,
+                       in_place: bool = False) -> NetworkContext:
+        """``num_iterations`` iterations of analyse → grow → train (module docstring).
+        Returns the evolved context: a copy (`NetworkContext.copy`), so that ``context``
+        still holds the network as it was (the seed's quick start compares the two), or
+        ``context`` itself, changed, with ``in_place=True``."""
         check_instance("context", context, NetworkContext)
         check_int("num_iterations", num_iterations, 1)
+        if not in_place:
+            context = context.copy()
         for _ in range(num_iterations):
             context.new_iteration()
             if hasattr(context.network, "iteration"):

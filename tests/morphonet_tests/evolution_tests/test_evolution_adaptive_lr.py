@@ -119,7 +119,7 @@ def test_rules_run_as_hooks_through_the_trainer_and_see_the_analysis():
     system.add_component(evo.StandardExtremaAnalyzer(max_batches=2))
     system.add_component(evo.ResidualBlockGrowthStrategy(max_blocks=1))
     system.add_component(evo.StandardNetworkTrainer(epochs=2, learning_rate=0.01))
-    system.evolve_network(ctx, num_iterations=2)
+    ctx = system.evolve_network(ctx, num_iterations=2)
     rate = ctx.analysis["extrema_ratio"]
     phase = 1.0 if rate > 0.3 else 0.1 if rate > 0.1 else 0.01
     # the last epoch trained was epoch 3; every group (the block's too) follows the rule

@@ -89,6 +89,9 @@ def test_quick_start_grows_and_validates_on_held_out_data():
     log = evolved.evolution_log
     assert len(log) == 2 and len(evolved.history) == 4
     assert after == log[-1]["connections"] > before
+    # the given context still holds the network as it was (the seed prints both counts)
+    assert context.network.get_network_stats()["total_connections"] == before
+    assert context.history == [] and context.optimizer is None
     assert all(e["output_change"] <= 1e-5 for r in log for e in r["events"])
     # validation is the held-out split: the last record equals an evaluation on it
     assert evolved.history[-1]["val_acc"] == pytest.approx(
@@ -122,7 +125,7 @@ def test_custom_analyzer_and_strategy_subclasses_as_the_seed_writes_them():
     system.add_component(MyCustomAnalyzer())
     system.add_component(strat)
     system.add_component(evo.StandardNetworkTrainer(epochs=1))
-    system.evolve_network(ctx, num_iterations=2)
+    system.evolve_network(ctx, num_iterations=2, in_place=True)
     assert strat.seen[0] == round(0.3 * 48) + round(0.3 * 24)
     assert strat.seen[1] > strat.seen[0]  # the first block's edges count
     assert net.get_network_stats()["residual_blocks"] == 2

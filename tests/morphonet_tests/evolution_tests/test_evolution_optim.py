@@ -91,7 +91,7 @@ def test_stale_optimizer_is_impossible_through_the_system():
         evo.ExtremaGrowthStrategy(add_layer_on_extrema=True, extrema_threshold=0.0),
         evo.ResidualBlockGrowthStrategy(max_blocks=3)]))
     system.add_component(evo.StandardNetworkTrainer(epochs=1))
-    system.evolve_network(ctx, num_iterations=3)
+    ctx = system.evolve_network(ctx, num_iterations=3)
     opt = ctx.optimizer
     assert evo.optimizer_report(opt, ctx.network) == {"missing": 0, "stale": 0}
     names = [g["name"] for g in opt.param_groups]

@@ -142,7 +142,7 @@ def test_composed_pipeline_is_exact_at_every_change(case):
         evo.InformationFlowGrowthStrategy(),
         evo.ResidualBlockGrowthStrategy(max_blocks=2)]))
     system.add_component(evo.StandardNetworkTrainer(epochs=1, batch_size=32))
-    system.evolve_network(ctx, num_iterations=3)
+    ctx = system.evolve_network(ctx, num_iterations=3)
     changes = [e["output_change"] for r in ctx.evolution_log for e in r["events"]]
     assert changes and max(changes) <= TOL
 
