@@ -32,14 +32,13 @@ from .analyzers import (
 )
 from .components import create_standard_evolution_system
 from .interfaces import Analyzer, EvolutionComponent, GrowthStrategy, NetworkContext, NetworkTrainer
-from .network import (
-    EvolvableNetwork,
-    NetworkSpec,
+from .layers import (
+    ExtremaAwareSparseLayer,
     ResidualBlock,
-    Stage,
     StandardSparseLayer,
-    create_standard_network,
+    TemporaryPatchLayer,
 )
+from .network import EvolvableNetwork, NetworkSpec, Stage, create_standard_network
 from .optim import optimizer_report, replace_parameter, sync_optimizer
 from .strategies import (
     ExtremaGrowthStrategy,
@@ -53,12 +52,14 @@ from .trainer import StandardNetworkTrainer, TrainerConfig
 
 __all__ = ["AdaptiveScheduler", "Analyzer", "ComposableEvolutionSystem", "EvolutionComponent",
            "EvolutionConfig", "EvolvableNetwork", "ExponentialBackoffScheduler",
-           "ExtremaGrowthStrategy", "ExtremaPhaseScheduler", "FunctionChangedError",
-           "GraphAnalyzer", "GrowthPhaseScheduler", "GrowthStrategy", "HybridGrowthStrategy",
-           "InformationFlowGrowthStrategy", "LayerAgeAwareScheduler", "LayerwiseAdaptiveRates",
-           "NetworkContext", "NetworkSpec", "NetworkStatsAnalyzer", "NetworkTrainer",
-           "PruningGrowthStrategy", "ResidualBlock", "ResidualBlockGrowthStrategy",
-           "ScaleDependentScheduler", "SimpleInformationFlowAnalyzer", "SoftClampingScheduler",
-           "Stage", "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
-           "TrainerConfig", "UnifiedAdaptiveLearning", "create_standard_evolution_system",
-           "create_standard_network", "optimizer_report", "replace_parameter", "sync_optimizer"]
+           "ExtremaAwareSparseLayer", "ExtremaGrowthStrategy", "ExtremaPhaseScheduler",
+           "FunctionChangedError", "GraphAnalyzer", "GrowthPhaseScheduler", "GrowthStrategy",
+           "HybridGrowthStrategy", "InformationFlowGrowthStrategy", "LayerAgeAwareScheduler",
+           "LayerwiseAdaptiveRates", "NetworkContext", "NetworkSpec", "NetworkStatsAnalyzer",
+           "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlock",
+           "ResidualBlockGrowthStrategy", "ScaleDependentScheduler",
+           "SimpleInformationFlowAnalyzer", "SoftClampingScheduler", "Stage",
+           "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
+           "TemporaryPatchLayer", "TrainerConfig", "UnifiedAdaptiveLearning",
+           "create_standard_evolution_system", "create_standard_network", "optimizer_report",
+           "replace_parameter", "sync_optimizer"]

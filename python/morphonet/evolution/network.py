@@ -32,7 +32,6 @@ hold exactly the live parameters):
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -47,138 +46,21 @@ from ..checks import check_choice, check_fraction, check_instance, check_int
 from ..config import Config, fraction, int_list, one_of, setting
 from ..growth.network import GAIN
 from ..inputs import InputRules
-from .optim import replace_parameter
+from .layers import (
+    ResidualBlock,
+    StandardSparseLayer,
+    TemporaryPatchLayer,
+    act,
+    grow_edges,
+    random_edges,
+    resized,
+)
 
-__all__ = ["ACTIVATIONS", "EvolvableNetwork", "NetworkSpec", "ResidualBlock", "Stage",
-           "StandardSparseLayer", "create_standard_network", "sparse_layers"]
+__all__ = ["ACTIVATIONS", "EvolvableNetwork", "NetworkSpec", "Stage", "create_standard_network",
+           "sparse_layers"]
 
 # the activations of an evolvable network: act(0) = 0 for both (the exact edits rely on it)
 ACTIVATIONS = ("relu", "tanh")
-
-
-def _act(name: Optional[str], z: Tensor) -> Tensor:
-    if name is None:
-        return z
-    return torch.relu(z) if name == "relu" else torch.tanh(z)
-
-
-class StandardSparseLayer(SparseLinear):
-    """The seed's ``StandardSparseLayer(in_features, out_features, sparsity)``: a
-    `morpho_kernels.nn.SparseLinear` whose ``sparsity`` is the *connected* fraction (as in
-    Structure Net's first generation), at least one edge. Weights start N(0, gain² / fan_in)
-    with each neuron's actual in-degree (`init_scaled`), biases 0.
-
-    Args:
-        in_features, out_features: sizes. sparsity: connected fraction at start.
-        activation: the activation that follows (sets the init gain; None for logits).
-        edges: an explicit EdgeList (then ``sparsity`` is ignored). generator: for the
-            structure and the weights.
-    """
-
-    def __init__(self, in_features: int, out_features: int, sparsity: float = 0.1,
-                 bias: bool = True, activation: Optional[str] = "relu",
-                 edges: Optional[EdgeList] = None, generator: Optional[torch.Generator] = None):
-        sparsity = check_fraction("sparsity", sparsity)
-        in_features = check_int("in_features", in_features, 1)
-        out_features = check_int("out_features", out_features, 1)
-        if edges is None:
-            n = max(1, round(sparsity * in_features * out_features))
-            keys = torch.randperm(in_features * out_features, generator=generator)[:n]
-            edges = EdgeList.from_coo(keys % in_features, keys // in_features, in_features,
-                                      out_features)
-        super().__init__(in_features, out_features, bias, edges=edges)
-        self.sparsity = sparsity
-        init_scaled(self, GAIN.get(activation or "tanh", 1.0), generator)
-
-
-def init_scaled(layer: SparseLinear, gain: float, generator=None) -> None:
-    """Every live edge into neuron d gets N(0, gain² / fan_in(d)); bias 0 (as the first
-    generation's `MinimalNetwork.reset_parameters`)."""
-    nnz = layer.nnz
-    d = layer.edges.dst_index()[:nnz]
-    std = gain / layer.edges.fan_in().float().clamp(min=1.0).sqrt()
-    with torch.no_grad():
-        layer.values.zero_()
-        layer.values[:nnz] = torch.randn(nnz, generator=generator) * std[d]
-        if layer.bias is not None:
-            layer.bias.zero_()
-
-
-def resized(layer: SparseLinear, in_features: int, out_features: int,
-            optimizer: Optional[torch.optim.Optimizer] = None) -> SparseLinear:
-    """A copy of ``layer`` with more sources and / or destinations (new ones without edges),
-    the same edges in the same slots, values and bias copied; the optimizer's state moves to
-    the new Parameters (new bias rows with zero moments)."""
-    e = layer.edges
-    if in_features < e.in_features or out_features < e.out_features:
-        raise ValueError("resized only adds sources / destinations")
-    pad = out_features - e.out_features
-    row_ptr = torch.cat([e.row_ptr, e.row_ptr[-1:].expand(pad)])
-    edges = EdgeList(row_ptr, e.col.clone(), in_features, validate=False)
-    new = SparseLinear(in_features, out_features, layer.bias is not None, edges=edges,
-                       device=e.device, dtype=layer.values.dtype)
-    new.__class__ = type(layer)  # keep the subclass and its settings
-    for k in ("sparsity", "growth_factor", "keep_for_growth"):
-        if hasattr(layer, k):
-            setattr(new, k, getattr(layer, k))
-    with torch.no_grad():
-        new.values.copy_(layer.values.detach())
-        if layer.bias is not None:
-            new.bias.zero_()
-            new.bias[:e.out_features] = layer.bias.detach()
-    if optimizer is not None:
-        replace_parameter(optimizer, layer.values, new.values)
-        if layer.bias is not None:
-            replace_parameter(optimizer, layer.bias, new.bias)
-    return new
-
-
-def _grow(layer: SparseLinear, src: Tensor, dst: Tensor, values, optimizer):
-    """``layer.grow`` with the optimizer when it holds the layer's values; otherwise (before
-    any training built one, or a layer made in this change) without, and without the
-    layer's warning about an optimizer holding old values: `sync_optimizer` then adds the
-    live parameters."""
-    if optimizer is not None and any(p is layer.values for g in optimizer.param_groups
-                                     for p in g["params"]):
-        return layer.grow(src, dst, values, optimizer=optimizer)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="SparseLinear outgrew its capacity")
-        return layer.grow(src, dst, values)
-
-
-def _random_edges(n_in: int, n_out: int, density: float, gen, rows: Optional[Tensor] = None,
-                  cols: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    """(src, dst) of about ``density`` of the pairs rows × cols (default: all), at least one
-    edge per destination row."""
-    rows = torch.arange(n_out) if rows is None else rows
-    cols = torch.arange(n_in) if cols is None else cols
-    k = max(1, math.ceil(density * cols.numel()))
-    scores = torch.rand(rows.numel(), cols.numel(), generator=gen)
-    pick = scores.topk(min(k, cols.numel()), dim=1).indices  # (R, k)
-    return cols[pick].flatten(), rows[:, None].expand_as(pick).flatten()
-
-
-class ResidualBlock(nn.Module):
-    """``h + W2 act(W1 h + b1) + b2`` with W2 and b2 zero at creation (the block adds exactly
-    0), W1 random sparse; W2 has edges (value 0) so it receives gradient at once."""
-
-    def __init__(self, width: int, hidden: int, density: float, activation: str, uid: int,
-                 birth: int = 0, generator: Optional[torch.Generator] = None):
-        super().__init__()
-        self.uid, self.birth, self.activation = uid, birth, activation
-        self.first = StandardSparseLayer(width, hidden, density, activation=activation,
-                                         generator=generator)
-        src, dst = _random_edges(hidden, width, density, generator)
-        self.second = StandardSparseLayer(
-            hidden, width, edges=EdgeList.from_coo(src, dst, hidden, width),
-            activation=None)
-        with torch.no_grad():
-            self.second.values.zero_()
-            self.second.bias.zero_()
-
-    def forward(self, h: Tensor) -> Tensor:
-        """The block's branch only (the stage adds it to h)."""
-        return self.second(_act(self.activation, self.first(h)))
 
 
 class Stage(nn.Module):
@@ -206,7 +88,7 @@ class Stage(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """The stage's output (see the class docstring)."""
-        out = _act(self.activation, self.layer(h))
+        out = act(self.activation, self.layer(h))
         if self.residual:
             out = h + out
         for b in self.blocks:
@@ -381,7 +263,7 @@ class EvolvableNetwork(nn.Module, InputRules):
         """New edges src → dst in stage ``s``'s layer (value 0 by default: exact); returns how
         many were new. Optimizer moments move with their edges (`SparseLinear.grow`)."""
         lay = self._stage(s, hidden=False).layer
-        return _grow(lay, src.long(), dst.long(), values, optimizer).inserted
+        return grow_edges(lay, src.long(), dst.long(), values, optimizer).inserted
 
     def prune_connections(self, s: int, slots: Tensor,
                           optimizer: Optional[torch.optim.Optimizer] = None) -> int:
@@ -404,9 +286,9 @@ class EvolvableNetwork(nn.Module, InputRules):
         old = st.out_features
         new_idx = torch.arange(old, old + k)
         st.layer = resized(st.layer, st.in_features, old + k, optimizer)
-        src, dst = _random_edges(st.in_features, old + k, density, self._gen, rows=new_idx)
+        src, dst = random_edges(st.in_features, old + k, density, self._gen, rows=new_idx)
         std = GAIN[self.activation] / math.sqrt(max(1, src.numel() // k))
-        _grow(st.layer, src, dst, torch.randn(src.numel(), generator=self._gen) * std,
+        grow_edges(st.layer, src, dst, torch.randn(src.numel(), generator=self._gen) * std,
               optimizer)
         self._widen_blocks(st, old + k, optimizer)
         j = s + 1
@@ -419,8 +301,8 @@ class EvolvableNetwork(nn.Module, InputRules):
         nxt.layer = resized(nxt.layer, old + k, nxt.out_features, optimizer)
         # outgoing edges at value 0: each neuron of the consuming stage hears ~density of the
         # new ones (at least one), so the new neurons' outgoing weights get gradient at once
-        src, dst = _random_edges(k, nxt.out_features, density, self._gen)
-        _grow(nxt.layer, src + old, dst, 0.0, optimizer)
+        src, dst = random_edges(k, nxt.out_features, density, self._gen)
+        grow_edges(nxt.layer, src + old, dst, 0.0, optimizer)
         return new_idx.tolist()
 
     def _widen_blocks(self, st: Stage, width: int, optimizer) -> None:
@@ -442,7 +324,7 @@ class EvolvableNetwork(nn.Module, InputRules):
         w = st.out_features
         density = self.spec.sparsity if density is None else check_fraction("density",
                                                                              density)
-        src, dst = _random_edges(w, w, density, self._gen)
+        src, dst = random_edges(w, w, density, self._gen)
         diag = torch.arange(w)
         edges = EdgeList.from_coo(torch.cat([src, diag]), torch.cat([dst, diag]), w, w)
         lay = StandardSparseLayer(w, w, edges=edges, activation=self.activation)
@@ -473,6 +355,41 @@ class EvolvableNetwork(nn.Module, InputRules):
         st.blocks.append(b)
         return b
 
+    def add_patch(self, s: int, sources: Sequence[int], targets: Sequence[int],
+                  patch_size: int = 4) -> TemporaryPatchLayer:
+        """A `TemporaryPatchLayer` on hidden stage ``s`` (reads ``sources``, writes
+        ``targets``, zero output at insertion)."""
+        st = self._stage(s)
+        p = TemporaryPatchLayer(st.out_features, torch.as_tensor(sources),
+                                torch.as_tensor(targets), patch_size, self.activation,
+                                self._uid(), self.epoch, self._gen)
+        p = p.to(st.layer.values.device)
+        for lay in (p.first, p.second):
+            lay.keep_for_growth = st.layer.keep_for_growth
+        st.blocks.append(p)
+        return p
+
+    def patches(self) -> list[TemporaryPatchLayer]:
+        """The temporary patches, in stage order."""
+        return [b for st in self.stages for b in st.blocks if b.temporary]
+
+    def remove_patch(self, patch: TemporaryPatchLayer) -> None:
+        """Take ``patch`` out (the output changes by what it adds; nothing while its W2 is
+        0); `sync_optimizer` then drops its parameters."""
+        for st in self.stages:
+            for i, b in enumerate(st.blocks):
+                if b is patch:
+                    del st.blocks[i]
+                    return
+        raise ValueError("patch is not in this network")
+
+    def merge_patch(self, patch: TemporaryPatchLayer) -> None:
+        """Make ``patch`` a permanent residual block of its stage (exact: the same module
+        and parameters, no longer listed by `patches`)."""
+        if patch not in self.patches():
+            raise ValueError("patch is not a temporary patch of this network")
+        patch.temporary = False
+
     def revive(self, s: int, neurons: Tensor, fan_in: int = 4,
                optimizer: Optional[torch.optim.Optimizer] = None) -> int:
         """Revival of neurons of hidden stage ``s`` that were exactly 0 on the analysed data:
@@ -496,7 +413,7 @@ class EvolvableNetwork(nn.Module, InputRules):
         dst = neurons.repeat_interleave(k)
         std = GAIN[self.activation] / math.sqrt(k)
         init = torch.randn(src.numel(), generator=self._gen).abs() * std  # positive: alive
-        return _grow(st.layer, src, dst, init, optimizer).inserted
+        return grow_edges(st.layer, src, dst, init, optimizer).inserted
 
 
 def create_standard_network(architecture: Sequence[int], sparsity: float = 0.1,
