@@ -48,18 +48,19 @@ from .strategies import (
     ResidualBlockGrowthStrategy,
 )
 from .system import ComposableEvolutionSystem, EvolutionConfig, FunctionChangedError
+from .topology import HomologicalAnalyzer, TopologicalAnalyzer
 from .trainer import StandardNetworkTrainer, TrainerConfig
 
 __all__ = ["AdaptiveScheduler", "Analyzer", "ComposableEvolutionSystem", "EvolutionComponent",
            "EvolutionConfig", "EvolvableNetwork", "ExponentialBackoffScheduler",
            "ExtremaAwareSparseLayer", "ExtremaGrowthStrategy", "ExtremaPhaseScheduler",
            "FunctionChangedError", "GraphAnalyzer", "GrowthPhaseScheduler", "GrowthStrategy",
-           "HybridGrowthStrategy", "InformationFlowGrowthStrategy", "LayerAgeAwareScheduler",
-           "LayerwiseAdaptiveRates", "NetworkContext", "NetworkSpec", "NetworkStatsAnalyzer",
-           "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlock",
+           "HomologicalAnalyzer", "HybridGrowthStrategy", "InformationFlowGrowthStrategy",
+           "LayerAgeAwareScheduler", "LayerwiseAdaptiveRates", "NetworkContext", "NetworkSpec",
+           "NetworkStatsAnalyzer", "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlock",
            "ResidualBlockGrowthStrategy", "ScaleDependentScheduler",
            "SimpleInformationFlowAnalyzer", "SoftClampingScheduler", "Stage",
            "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
-           "TemporaryPatchLayer", "TrainerConfig", "UnifiedAdaptiveLearning",
+           "TemporaryPatchLayer", "TopologicalAnalyzer", "TrainerConfig", "UnifiedAdaptiveLearning",
            "create_standard_evolution_system", "create_standard_network", "optimizer_report",
            "replace_parameter", "sync_optimizer"]

@@ -18,14 +18,15 @@ from .strategies import (
     ResidualBlockGrowthStrategy,
 )
 from .system import ComposableEvolutionSystem, EvolutionConfig
+from .topology import HomologicalAnalyzer, TopologicalAnalyzer
 from .trainer import StandardNetworkTrainer
 
 __all__ = ["Analyzer", "ComposableEvolutionSystem", "EvolutionConfig", "ExtremaGrowthStrategy",
-           "GraphAnalyzer", "GrowthStrategy", "HybridGrowthStrategy",
+           "GraphAnalyzer", "GrowthStrategy", "HomologicalAnalyzer", "HybridGrowthStrategy",
            "InformationFlowGrowthStrategy", "NetworkContext", "NetworkStatsAnalyzer",
            "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlockGrowthStrategy",
            "SimpleInformationFlowAnalyzer", "StandardExtremaAnalyzer", "StandardNetworkTrainer",
-           "create_standard_evolution_system"]
+           "TopologicalAnalyzer", "create_standard_evolution_system"]
 
 
 def create_standard_evolution_system(epochs: int = 5, learning_rate: float = 0.01
