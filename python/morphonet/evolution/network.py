@@ -271,12 +271,22 @@ class EvolvableNetwork(nn.Module, InputRules):
         return self._stage(s, hidden=False).layer.prune(slots, optimizer=optimizer)
 
     def widen(self, s: int, k: int, optimizer: Optional[torch.optim.Optimizer] = None,
-              density: Optional[float] = None) -> list[int]:
-        """Add ``k`` neurons to hidden stage ``s``: random incoming edges (``density``,
-        default the network's, at least one each, scaled init), outgoing edges at value 0 to
-        the next stage (so they train at once) and exact zeros in its residual blocks.
-        Returns the new neurons' indices. A residual stage after it widens with it."""
+              density: Optional[float] = None, init: str = "random") -> list[int]:
+        """Add ``k`` neurons to hidden stage ``s``; returns their indices. A residual stage
+        after it widens with it; the stage's residual blocks get exact zeros.
+
+        ``init="random"``: random incoming edges (``density``, default the network's, at
+        least one each, scaled init) and zero-valued outgoing edges to the next stage (they
+        get gradient at once). ``init="gradmax"`` (GradMax, Evci et al. 2022; tanh only:
+        ReLU has no gradient at 0): zero-valued incoming edges and outgoing weights along the
+        top-k left singular vectors of M = Σ_batch ∂L/∂z_next ⊗ h_in of the last training
+        batch, which maximise the new incoming weights' gradient W_outᵀ M; each new neuron's
+        incoming edges are its ``density`` share of sources with the largest |W_outᵀ M|, its
+        outgoing edges the largest entries of its singular vector, each column scaled to the
+        mean norm of the next stage's existing columns. Both are exact everywhere (random:
+        zero outgoing; gradmax: zero input, act(0) = 0)."""
         check_int("k", k, 1)
+        check_choice("init", init, ("random", "gradmax"))
         density = self.spec.sparsity if density is None else check_fraction("density",
                                                                              density)
         st = self._stage(s)
@@ -285,11 +295,15 @@ class EvolvableNetwork(nn.Module, InputRules):
                              f"the plain stage before it")
         old = st.out_features
         new_idx = torch.arange(old, old + k)
+        plan = self._gradmax_plan(s, k, density) if init == "gradmax" else None
         st.layer = resized(st.layer, st.in_features, old + k, optimizer)
-        src, dst = random_edges(st.in_features, old + k, density, self._gen, rows=new_idx)
-        std = GAIN[self.activation] / math.sqrt(max(1, src.numel() // k))
-        grow_edges(st.layer, src, dst, torch.randn(src.numel(), generator=self._gen) * std,
-              optimizer)
+        if plan is None:
+            src, dst = random_edges(st.in_features, old + k, density, self._gen, rows=new_idx)
+            std = GAIN[self.activation] / math.sqrt(max(1, src.numel() // k))
+            init_in: Tensor | float = torch.randn(src.numel(), generator=self._gen) * std
+        else:
+            src, dst, init_in = plan["in_src"], plan["in_dst"] + old, 0.0
+        grow_edges(st.layer, src, dst, init_in, optimizer)
         self._widen_blocks(st, old + k, optimizer)
         j = s + 1
         while self.stages[j].residual:  # h + act(W h) carries the new neurons through
@@ -299,11 +313,52 @@ class EvolvableNetwork(nn.Module, InputRules):
             j += 1
         nxt = self.stages[j]
         nxt.layer = resized(nxt.layer, old + k, nxt.out_features, optimizer)
-        # outgoing edges at value 0: each neuron of the consuming stage hears ~density of the
-        # new ones (at least one), so the new neurons' outgoing weights get gradient at once
-        src, dst = random_edges(k, nxt.out_features, density, self._gen)
-        grow_edges(nxt.layer, src + old, dst, 0.0, optimizer)
+        if plan is None:
+            # outgoing edges at value 0: each neuron of the consuming stage hears ~density of
+            # the new ones (at least one), so their outgoing weights get gradient at once
+            src, dst = random_edges(k, nxt.out_features, density, self._gen)
+            grow_edges(nxt.layer, src + old, dst, 0.0, optimizer)
+        else:
+            grow_edges(nxt.layer, plan["out_src"] + old, plan["out_dst"], plan["out_val"],
+                       optimizer)
         return new_idx.tolist()
+
+    def _gradmax_plan(self, s: int, k: int, density: float) -> dict[str, Tensor]:
+        """GradMax's edges for k new neurons of stage s (see `widen`)."""
+        st, nxt = self.stages[s], self.stages[s + 1]
+        if self.activation != "tanh":
+            raise ValueError("init='gradmax' needs tanh (ReLU has no gradient at 0, so zero "
+                             "incoming weights would never move)")
+        if nxt.residual:
+            raise ValueError("init='gradmax' needs a plain stage after the widened one")
+        x, dy = st.layer._x, nxt.layer._dy
+        if x is None or dy is None:
+            raise ValueError("init='gradmax' needs the gradients of a training step "
+                             "(StandardNetworkTrainer keeps them)")
+        m = dy.reshape(-1, dy.shape[-1]).T.double() @ x.reshape(-1, x.shape[-1]).double()
+        u = torch.linalg.svd(m, full_matrices=False)[0]  # (out, r)
+        if u.shape[1] < k:
+            raise ValueError(f"M has rank at most {u.shape[1]}: cannot widen by {k} with "
+                             f"gradmax")
+        w_out = u[:, :k]  # (out, k), unit columns
+        lay = nxt.layer
+        cols = lay.edges.to_dense(lay.values.detach()).norm(dim=0)  # per input neuron
+        scale = float(cols[cols > 0].mean()) if bool((cols > 0).any()) else 1.0
+        n_out = max(1, math.ceil(density * w_out.shape[0]))
+        keep = w_out.abs().topk(n_out, dim=0).indices  # (n_out, k)
+        out_dst = keep.T.flatten()
+        out_src = torch.arange(k).repeat_interleave(n_out)
+        vals = w_out[out_dst, out_src]
+        w_kept = torch.zeros_like(w_out)
+        w_kept[out_dst, out_src] = vals
+        w_kept = w_kept / w_kept.norm(dim=0, keepdim=True).clamp(min=1e-12)
+        out_val = (w_kept[out_dst, out_src] * scale).float()
+        g_in = w_kept.T @ m  # (k, in): the new incoming weights' gradient
+        n_in = max(1, math.ceil(density * g_in.shape[1]))
+        in_src = g_in.abs().topk(n_in, dim=1).indices.flatten()
+        in_dst = torch.arange(k).repeat_interleave(n_in)
+        return {"in_src": in_src, "in_dst": in_dst, "out_src": out_src, "out_dst": out_dst,
+                "out_val": out_val}
 
     def _widen_blocks(self, st: Stage, width: int, optimizer) -> None:
         for b in st.blocks:

@@ -275,13 +275,16 @@ class InformationFlowGrowthStrategy(GrowthStrategy):
         widen_fraction: new neurons as a fraction of the stage's width (at least one).
         max_width: a stage is not widened beyond this.
         mode: ``"widen"`` the bottleneck stage, or ``"insert"`` a layer after it.
+        init: how new neurons start (`EvolvableNetwork.widen`): ``"random"``, or
+            ``"gradmax"`` (tanh networks after training; falls back to random otherwise).
     """
 
     def __init__(self, widen_fraction: float = 0.25, max_width: int = 1024,
-                 mode: str = "widen"):
+                 mode: str = "widen", init: str = "random"):
         self.widen_fraction = check_fraction("widen_fraction", widen_fraction, lo_open=True)
         self.max_width = check_int("max_width", max_width, 1)
         self.mode = check_choice("mode", mode, ("widen", "insert"))
+        self.init = check_choice("init", init, ("random", "gradmax"))
         self.last: dict = {}
 
     def _target(self, net: EvolvableNetwork, analysis: dict) -> Optional[int]:
@@ -311,8 +314,22 @@ class InformationFlowGrowthStrategy(GrowthStrategy):
         else:
             w = net.stages[s].out_features
             k = min(max(1, math.ceil(self.widen_fraction * w)), self.max_width - w)
-            self.last = {"stage": s, "added": net.widen(s, k, context.optimizer)}
+            init = self.init
+            if init == "gradmax" and not _gradmax_ready(net, s, k):
+                init = "random"
+            self.last = {"stage": s, "init": init,
+                         "added": net.widen(s, k, context.optimizer, init=init)}
         return context
+
+
+def _gradmax_ready(net: EvolvableNetwork, s: int, k: int) -> bool:
+    """Whether GradMax can widen stage s by k (tanh, a plain next stage, kept gradients of
+    matching widths, enough rank)."""
+    st, nxt = net.stages[s], net.stages[s + 1]
+    x, dy = st.layer._x, nxt.layer._dy
+    return (net.activation == "tanh" and not nxt.residual and x is not None and dy is not None
+            and x.shape[-1] == st.in_features and dy.shape[-1] == nxt.out_features
+            and min(x.shape[-1], dy.shape[-1], x.reshape(-1, x.shape[-1]).shape[0]) >= k)
 
 
 class HybridGrowthStrategy(GrowthStrategy):

@@ -111,12 +111,13 @@ def test_pruning_is_exact_on_the_analysed_data(case):
 
 
 @SETTINGS
-@given(cases(), st.sampled_from(["widen", "insert"]))
-def test_information_flow_growth_is_exact_everywhere(case, mode):
+@given(cases(), st.sampled_from([("widen", "random"), ("widen", "gradmax"), ("insert", None)]))
+def test_information_flow_growth_is_exact_everywhere(case, how):
     ctx = _context(case)
+    mode, init = how
     arch0 = ctx.network.architecture()
     analyzer = evo.SimpleInformationFlowAnalyzer(max_batches=2, min_loss=0.0)
-    s = evo.InformationFlowGrowthStrategy(widen_fraction=0.5, mode=mode)
+    s = evo.InformationFlowGrowthStrategy(widen_fraction=0.5, mode=mode, init=init or "random")
     grown, change = _check_change(ctx, s, [analyzer], everywhere=True)
     assert change <= TOL
     if grown and mode == "widen":
@@ -145,6 +146,40 @@ def test_composed_pipeline_is_exact_at_every_change(case):
     ctx = system.evolve_network(ctx, num_iterations=3)
     changes = [e["output_change"] for r in ctx.evolution_log for e in r["events"]]
     assert changes and max(changes) <= TOL
+
+
+def test_gradmax_new_neurons():
+    """GradMax: zero incoming weights (exact), outgoing weights along the top singular
+    vectors of M = Σ dL/dz_next ⊗ h_in, incoming edges where |W_outᵀ M| is largest; after
+    training the new incoming weights have moved."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 5, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    net = evo.create_standard_network([5, 6, 4, 3], 0.5, "tanh", seed=0)
+    ctx = evo.NetworkContext(net, (x, y), seed=0)
+    trainer = evo.StandardNetworkTrainer(epochs=1, learning_rate=0.02, batch_size=32)
+    trainer.train(ctx)
+    xin, dy = net.stages[1].layer._x.clone(), net.stages[2].layer._dy.clone()
+    m = dy.T.double() @ xin.double()  # (3, 6)
+    u = torch.linalg.svd(m)[0][:, :2]
+    probe = torch.randn(40, 5) * 3
+    with torch.no_grad():
+        before = net(probe).clone()
+    new = net.widen(1, 2, ctx.optimizer, density=1.0, init="gradmax")
+    with torch.no_grad():
+        assert output_change([before], [net(probe)]) <= 1e-6  # new terms 0 · w: rounding
+    w = net.stages[2].layer.edges.to_dense(net.stages[2].layer.values.detach())[:, new]
+    cos = (w.double() * u).sum(0).abs() / w.double().norm(dim=0)
+    assert cos.min() > 1 - 1e-5  # each column is ± a top singular vector
+    w_in = net.stages[1].layer.edges.to_dense(net.stages[1].layer.values.detach())[new]
+    assert not w_in.any() and (net.stages[1].layer.edges.to_dense()[new] > 0).all()
+    ctx.new_iteration()
+    trainer.train(ctx)
+    w_in = net.stages[1].layer.edges.to_dense(net.stages[1].layer.values.detach())[new]
+    assert (w_in != 0).float().mean() > 0.5
+    with pytest.raises(ValueError, match="tanh"):
+        relu = evo.create_standard_network([5, 6, 3], 0.5, "relu", seed=0)
+        relu.widen(0, 1, init="gradmax")
 
 
 def test_rank_candidates_follows_the_dense_gradient():
