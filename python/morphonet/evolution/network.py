@@ -45,6 +45,7 @@ from morpho_kernels.nn import SparseLinear
 from ..checks import check_choice, check_fraction, check_instance, check_int
 from ..config import Config, fraction, int_list, one_of, setting
 from ..growth.network import GAIN
+from ..growth.peers import erk_densities
 from ..inputs import InputRules
 from .layers import (
     ResidualBlock,
@@ -112,6 +113,7 @@ class NetworkSpec(Config):
     architecture: list[int] = setting(check=int_list(1), factory=lambda: [2, 2])
     sparsity: float = setting(0.1, fraction(lo_open=True))
     activation: str = setting("relu", one_of(*ACTIVATIONS))
+    allocation: str = setting("uniform", one_of("uniform", "erk"))
 
     def check(self) -> None:
         if len(self.architecture) < 2:
@@ -128,25 +130,34 @@ class EvolvableNetwork(nn.Module, InputRules):
         sparsity: connected fraction of every layer at start (at least one edge per layer).
         activation: ``"relu"`` or ``"tanh"`` for the hidden stages.
         seed: seed of the structure and weights (None: torch's global generator).
+        allocation: ``"uniform"`` (every layer at ``sparsity``, the seed's) or ``"erk"``
+            (the same total number of connections split by ERK, density ∝ (n_in + n_out) /
+            (n_in · n_out), as the RigL / SET / static peers: a uniform 1% leaves a 80 → 10
+            logit layer 8 connections).
 
     ``track = True`` keeps every stage's output of the next forward in ``activations``
     (input first, logits last), for the analyzers.
     """
 
     def __init__(self, architecture: Sequence[int], sparsity: float = 0.1,
-                 activation: str = "relu", seed: Optional[int] = None):
+                 activation: str = "relu", seed: Optional[int] = None,
+                 allocation: str = "uniform"):
         super().__init__()
         self.spec = NetworkSpec(architecture=list(architecture), sparsity=sparsity,
-                                activation=activation)
+                                activation=activation, allocation=allocation)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self._gen = gen
         sizes = self.spec.architecture
         self.stages = nn.ModuleList()
         self._next_uid = 0
+        dens = [sparsity] * (len(sizes) - 1)
+        if allocation == "erk":  # the first generation's ERK split of the same total
+            total = max(1, round(sparsity * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))))
+            dens = erk_densities(sizes, total)
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             last = i == len(sizes) - 2
             act = None if last else activation
-            self.stages.append(Stage(StandardSparseLayer(a, b, sparsity, activation=act,
+            self.stages.append(Stage(StandardSparseLayer(a, b, dens[i], activation=act,
                                                          generator=gen), act, self._uid()))
         self.track = False
         self.activations: list[Tensor] = []
@@ -473,11 +484,12 @@ class EvolvableNetwork(nn.Module, InputRules):
 
 def create_standard_network(architecture: Sequence[int], sparsity: float = 0.1,
                             activation: str = "relu", seed: Optional[int] = None,
-                            device=None) -> EvolvableNetwork:
+                            device=None, allocation: str = "uniform") -> EvolvableNetwork:
     """The seed's ``create_standard_network(architecture, sparsity)``: an `EvolvableNetwork`
     of `StandardSparseLayer` edge lists; ``sparsity`` is the connected fraction (0.01 = 1% of
-    each layer's connections present), as in the first generation."""
+    each layer's connections present), as in the first generation; ``allocation="erk"``
+    splits the same total by ERK instead."""
     check_instance("architecture", architecture, (list, tuple))
     check_choice("activation", activation, ACTIVATIONS)
-    net = EvolvableNetwork(architecture, sparsity, activation, seed)
+    net = EvolvableNetwork(architecture, sparsity, activation, seed, allocation)
     return net.to(device) if device is not None else net
