@@ -143,3 +143,15 @@ def test_context_checks_its_arguments():
     assert ctx.val_data[0].shape == (4, 4)
     with pytest.raises(ValueError, match="no batch"):
         ctx.analysis_batches(2)
+
+
+def test_erk_allocation_splits_the_same_total_as_the_peers():
+    from morphonet.growth.peers import erk_densities
+
+    sizes = [64, 160, 80, 10]
+    net = evo.create_standard_network(sizes, 0.04, "tanh", seed=0, allocation="erk")
+    total = round(0.04 * (64 * 160 + 160 * 80 + 80 * 10))
+    for st, d, (a, b) in zip(net.stages, erk_densities(sizes, total), zip(sizes, sizes[1:])):
+        assert st.layer.nnz == max(1, round(d * a * b))
+    assert net.stages[-1].layer.nnz > round(0.04 * 800)  # the logit layer is denser
+    assert abs(net.get_network_stats()["total_connections"] - total) <= 3
