@@ -40,6 +40,7 @@ from .layers import (
 )
 from .network import EvolvableNetwork, NetworkSpec, Stage, create_standard_network
 from .optim import optimizer_report, replace_parameter, sync_optimizer
+from .rewiring import RigLRewiring
 from .strategies import (
     ExtremaGrowthStrategy,
     HybridGrowthStrategy,
@@ -58,7 +59,7 @@ __all__ = ["AdaptiveScheduler", "Analyzer", "ComposableEvolutionSystem", "Evolut
            "HomologicalAnalyzer", "HybridGrowthStrategy", "InformationFlowGrowthStrategy",
            "LayerAgeAwareScheduler", "LayerwiseAdaptiveRates", "NetworkContext", "NetworkSpec",
            "NetworkStatsAnalyzer", "NetworkTrainer", "PruningGrowthStrategy", "ResidualBlock",
-           "ResidualBlockGrowthStrategy", "ScaleDependentScheduler",
+           "ResidualBlockGrowthStrategy", "RigLRewiring", "ScaleDependentScheduler",
            "SimpleInformationFlowAnalyzer", "SoftClampingScheduler", "Stage",
            "StandardExtremaAnalyzer", "StandardNetworkTrainer", "StandardSparseLayer",
            "TemporaryPatchLayer", "TopologicalAnalyzer", "TrainerConfig", "UnifiedAdaptiveLearning",

@@ -209,3 +209,31 @@ def test_strategies_check_their_arguments():
         evo.HybridGrowthStrategy([])
     with pytest.raises(TypeError, match=r"strategies\[0\]"):
         evo.HybridGrowthStrategy([object()])
+
+
+def test_rigl_rewiring_hook_on_a_growing_network():
+    """The peers' RigL schedule on an EvolvableNetwork: connections per layer constant,
+    regrown where the dense gradient was largest, layers re-read after a widening, the
+    optimizer still true."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    net = evo.create_standard_network([5, 8, 2], 0.4, "tanh", seed=0)
+    ctx = evo.NetworkContext(net, (x, y), seed=0)
+    rewire = evo.RigLRewiring(net, update_every=2, end_step=100, alpha=0.3)
+    ctx.hooks.append(rewire)
+    trainer = evo.StandardNetworkTrainer(epochs=1, batch_size=16)
+    nnz = [st.layer.nnz for st in net.stages]
+    before = [st.layer.edges.to_dense().clone() for st in net.stages]
+    trainer.train(ctx)
+    assert rewire.step == 6 and rewire.moved > 0
+    assert [st.layer.nnz for st in net.stages] == nnz
+    assert any(not torch.equal(b, st.layer.edges.to_dense()) for b, st in zip(before,
+                                                                            net.stages))
+    net.widen(0, 2, ctx.optimizer)
+    moved = rewire.moved
+    trainer.train(ctx)
+    assert rewire.layers[0] is net.stages[0].layer and rewire.moved > moved
+    assert evo.optimizer_report(ctx.optimizer, net) == {"missing": 0, "stale": 0}
+    with pytest.raises(ValueError, match="method"):
+        evo.RigLRewiring(net, method="static")
