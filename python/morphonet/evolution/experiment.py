@@ -36,6 +36,7 @@ from .analyzers import NetworkStatsAnalyzer, SimpleInformationFlowAnalyzer, Stan
 from .components import create_standard_evolution_system
 from .interfaces import NetworkContext
 from .network import create_standard_network
+from .rewiring import RigLRewiring
 from .strategies import (
     ExtremaGrowthStrategy,
     HybridGrowthStrategy,
@@ -46,7 +47,8 @@ from .system import ComposableEvolutionSystem
 from .trainer import StandardNetworkTrainer
 
 __all__ = ["EVOLVE_METHODS", "EvolveExperimentConfig", "build_pipeline", "format_table",
-           "plot_timeline", "run_evolve_experiment", "run_evolution", "summarise"]
+           "pipeline_hooks", "plot_timeline", "run_evolve_experiment", "run_evolution",
+           "summarise"]
 
 EVOLVE_METHODS = ("standard", "pipeline", "growth", "rigl", "set", "static")
 DATASETS = ("digits", "mnist1d")
@@ -90,7 +92,7 @@ def build_pipeline(epochs: int, lr: float, batch_size: int) -> ComposableEvoluti
     """The pipeline this experiment compares (chosen on the validation split, see
     docs/evolution.md): extrema and information-flow analysis; pruning of dead edges, then
     extrema growth (revival and relief, no new layers), then GradMax widening of information
-    bottlenecks; training with the context's learning-rate hooks."""
+    bottlenecks; training with the context's hooks (`pipeline_hooks`)."""
     system = ComposableEvolutionSystem()
     system.add_component(StandardExtremaAnalyzer())
     system.add_component(SimpleInformationFlowAnalyzer(min_loss=0.0))
@@ -101,6 +103,14 @@ def build_pipeline(epochs: int, lr: float, batch_size: int) -> ComposableEvoluti
     system.add_component(StandardNetworkTrainer(epochs=epochs, learning_rate=lr,
                                                 batch_size=batch_size))
     return system
+
+
+def pipeline_hooks(network, total_steps: int, seed: int) -> list:
+    """The pipeline's training hooks: the learning rate × 0.97^epoch and RigL rewiring of
+    the stage layers on the RigL peer's schedule (every 50 steps until 3/4 of the run)."""
+    return [ExponentialBackoffScheduler(gamma=0.97),
+            RigLRewiring(network, "rigl", update_every=50,
+                         end_step=max(1, int(0.75 * total_steps)), seed=seed)]
 
 
 def run_evolution(ds, seed: int, method: str, cfg: EvolveExperimentConfig,
@@ -119,7 +129,8 @@ def run_evolution(ds, seed: int, method: str, cfg: EvolveExperimentConfig,
         system.add_component(NetworkStatsAnalyzer())
     else:
         system = build_pipeline(per, cfg.lr, cfg.batch_size)
-        ctx.hooks.append(ExponentialBackoffScheduler(gamma=0.97))
+        steps = epochs * -(-len(ds.train.y) // cfg.batch_size)
+        ctx.hooks.extend(pipeline_hooks(net, steps, seed))
     start = net.get_network_stats()["total_connections"]
     ctx = system.evolve_network(ctx, cfg.iterations)
     final = ctx.network
