@@ -77,6 +77,8 @@ class EvolveExperimentConfig(Config):
         return cls(**base)
 
     def check(self) -> None:
+        """Epochs for every dataset, a multiple of the iterations; the pipeline present when
+        peers are (they take its connections)."""
         for d in self.datasets:
             if d not in self.epochs:
                 raise ValueError(f"epochs has no entry for dataset {d!r}")

@@ -39,6 +39,7 @@ __all__ = ["ExtremaAwareSparseLayer", "ResidualBlock", "StandardSparseLayer",
 
 
 def act(name: Optional[str], z: Tensor) -> Tensor:
+    """``relu`` / ``tanh`` of ``z``; ``z`` itself for None (the logits)."""
     if name is None:
         return z
     return torch.relu(z) if name == "relu" else torch.tanh(z)

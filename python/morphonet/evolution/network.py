@@ -116,6 +116,7 @@ class NetworkSpec(Config):
     allocation: str = setting("uniform", one_of("uniform", "erk"))
 
     def check(self) -> None:
+        """At least an input and an output size."""
         if len(self.architecture) < 2:
             raise ValueError(f"architecture must list at least 2 sizes (input, ..., output), "
                              f"got {self.architecture!r}")
