@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
 from ..commands import add_command, standalone
@@ -28,6 +29,12 @@ def _autoplastic(args: argparse.Namespace) -> int:
         kw["penalties"] = {d: list(args.penalty) for d in args.datasets}
     cfg = (AutoplasticExperimentConfig.quick(**kw) if args.quick
            else AutoplasticExperimentConfig(**kw))
+    if args.latency:
+        from .experiment import remeasure_latency
+
+        remeasure_latency(cfg, log=None if args.no_progress else print)
+        print(Path(cfg.out_dir, "table.md").read_text())
+        return 0
     if args.tune:
         res = run_tune(cfg, progress=not args.no_progress)
         print(f"chosen (λ, λ_C): {res['chosen']}")
@@ -69,6 +76,9 @@ def add_autoplastic_parser(subparsers) -> argparse.ArgumentParser:
                    help="the learned gates (default hard_concrete)")
     p.add_argument("--tune", action="store_true",
                    help="choose (λ, λ_C) per dataset on validation (seeds 100, 101)")
+    p.add_argument("--latency", action="store_true",
+                   help="time the learned exports of results.json in --out again against the "
+                        "full network (e.g. on an idle machine; latency.jsonl)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, 3 epochs")
     p.add_argument("--out", default="results/autoplastic", help="results directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

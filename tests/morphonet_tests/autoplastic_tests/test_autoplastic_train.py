@@ -206,6 +206,14 @@ def test_the_experiment_runs_from_the_cli_and_continues_after_a_kill(tmp_path, c
     assert read_json(tmp_path / "results.json")["runs"] == first["runs"]
     assert morpho(argv[:-1] + ["--penalty", "1", "1", "--no-progress"]) == 0
     assert len(read_records(tmp_path / "runs.partial.jsonl")) == 2
+    # --latency: the export rebuilt from its record (MACs checked) and timed again in turn
+    # with the full network; the table says so; a second call times nothing more
+    assert morpho(argv + ["--latency"]) == 0
+    (again,) = read_records(tmp_path / "latency.jsonl")
+    assert again["full_median_ms"] > 0 and again["learned_median_ms"] > 0
+    assert "re-timed after the run for 1 of 1 seeds" in (tmp_path / "table.md").read_text()
+    assert morpho(argv + ["--latency"]) == 0
+    assert len(read_records(tmp_path / "latency.jsonl")) == 1
 
 
 def test_the_model_checks_its_inputs_before_training():
