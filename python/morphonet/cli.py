@@ -3,7 +3,8 @@
 - MorphoNet Pro (`morphonet.masks.cli`): ``compare`` (the main job), ``demo``;
 - Structure Net (`morphonet.growth.cli`): ``grow``;
 - MorphNet (`morphonet.morph.cli`): ``morph``;
-- Autoplastic (`morphonet.autoplastic.cli`): ``autoplastic``.
+- Autoplastic (`morphonet.autoplastic.cli`): ``autoplastic``;
+- Neural Architecture Lab (`morphonet.lab.cli`): ``lab run FILE``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``morpho`` parser with every system's subcommands."""
     from .autoplastic.cli import add_autoplastic_parser
     from .growth.cli import add_grow_parser
+    from .lab.cli import add_lab_parser
     from .masks.cli import add_parsers
     from .morph.cli import add_morph_parser
 
@@ -26,6 +28,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_grow_parser(sub)
     add_morph_parser(sub)
     add_autoplastic_parser(sub)
+    add_lab_parser(sub)
     return parser
 
 
