@@ -26,7 +26,7 @@ $(VENV)/.installed: $(SOURCES)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install numpy "triton>=3.6" pybind11 ninja "setuptools>=64" wheel \
 		pytest pytest-benchmark hypothesis networkx scikit-learn scipy mnist1d matplotlib tqdm \
-		torch-pruning optuna statsmodels pyyaml psycopg2-binary
+		torch-pruning optuna statsmodels pyyaml psycopg2-binary ripser
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -1,7 +1,8 @@
 """The ``morpho`` command line. Each system registers its subcommands:
 
 - MorphoNet Pro (`morphonet.masks.cli`): ``compare`` (the main job), ``demo``;
-- Structure Net (`morphonet.growth.cli`): ``grow``;
+- Structure Net (`morphonet.growth.cli`): ``grow``; second generation
+  (`morphonet.evolution.cli`): ``evolve``;
 - MorphNet (`morphonet.morph.cli`): ``morph``;
 - Autoplastic (`morphonet.autoplastic.cli`): ``autoplastic``;
 - Neural Architecture Lab (`morphonet.lab.cli`): ``lab run FILE``.
@@ -16,6 +17,7 @@ import sys
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``morpho`` parser with every system's subcommands."""
     from .autoplastic.cli import add_autoplastic_parser
+    from .evolution.cli import add_evolve_parser
     from .growth.cli import add_grow_parser
     from .lab.cli import add_lab_parser
     from .masks.cli import add_parsers
@@ -26,6 +28,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)
     add_grow_parser(sub)
+    add_evolve_parser(sub)
     add_morph_parser(sub)
     add_autoplastic_parser(sub)
     add_lab_parser(sub)
