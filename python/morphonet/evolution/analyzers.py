@@ -18,7 +18,15 @@
   for wide layers (distinct codes per sample give H(Y)), exact on small discrete cases (tested:
   a code equal to the label gives H(Y), an independent code 0). A hidden stage is a
   **bottleneck** when its estimate is at least ``min_loss`` bits below the layer before it
-  (the input for the first stage); bottlenecks are listed worst first.
+  (the input for the first stage) *and* more than ``tolerance`` (1e-9) bits below it, so
+  equal estimates that differ only by float rounding are never bottlenecks; bottlenecks are
+  listed worst first. **Saturation**: once a layer's codes are distinct on every analysis
+  sample (likely when bins^width ≫ samples: 2^160 against 320 samples), the estimate is
+  exactly H(Y) for that layer (reported as ``saturated``), and a stage after a saturated
+  layer can only be a bottleneck if it is itself not saturated. With the experiment's widths
+  (64 / 40 inputs, 160 / 80 hidden, 320 analysis samples) input and hidden layers all
+  saturate, so the analyzer reports no bottlenecks there: the estimator cannot see
+  information loss between wide layers. ``bins`` does not change this for D ≫ log2(samples).
 * `GraphAnalyzer`: networkx on the connection graph (neurons as nodes, live connections
   with |w| above ``weight_threshold`` as edges): degrees, clustering, components,
   input → output reachability and path lengths, dead ends, betweenness centrality.
@@ -154,14 +162,18 @@ class SimpleInformationFlowAnalyzer(Analyzer):
 
     Returns ``information_flow`` (bits per layer: input, hidden stages, logits),
     ``label_entropy`` (H(Y), bits), ``layer_information`` (per hidden stage: ``layer``,
-    ``stage``, ``width``, ``information``, ``loss``: bits below the layer before),
-    ``bottlenecks`` (stage uids, worst first) and ``information_batches``.
+    ``stage``, ``width``, ``information``, ``loss``: bits below the layer before,
+    ``saturated``: the estimate equals H(Y) within ``tolerance``), ``bottlenecks`` (stage
+    uids, worst first), ``saturated_layers`` (how many of the hidden stages are saturated)
+    and ``information_batches``.
     """
 
-    def __init__(self, max_batches: int = 10, bins: int = 2, min_loss: float = 0.05):
+    def __init__(self, max_batches: int = 10, bins: int = 2, min_loss: float = 0.05,
+                 tolerance: float = 1e-9):
         self.max_batches = check_int("max_batches", max_batches, 1)
         self.bins = check_int("bins", bins, 1)
         self.min_loss = check_real("min_loss", min_loss, 0)
+        self.tolerance = check_real("tolerance", tolerance, 0)
 
     def analyze(self, context: NetworkContext) -> dict:
         """The information estimates of ``context.network`` on the analysis batches."""
@@ -172,16 +184,18 @@ class SimpleInformationFlowAnalyzer(Analyzer):
         flow = [plugin_mutual_information(
             layer_codes(torch.cat([a[l] for a in acts]).float().cpu(), self.bins), y)
             for l in range(len(acts[0]))]
+        h_y = plugin_mutual_information(y, y)
         per, bottle = [], []
         for s in net.hidden():
             loss = flow[s] - flow[s + 1]
             uid = int(net.stages[s].uid)
             per.append({"layer": s, "stage": uid, "width": net.stages[s].out_features,
-                        "information": flow[s + 1], "loss": loss})
-            if loss >= self.min_loss and loss > 0:
+                        "information": flow[s + 1], "loss": loss,
+                        "saturated": abs(flow[s + 1] - h_y) <= self.tolerance})
+            if loss >= self.min_loss and loss > self.tolerance:
                 bottle.append((loss, uid))
-        return {"information_flow": flow, "label_entropy": plugin_mutual_information(y, y),
-                "layer_information": per,
+        return {"information_flow": flow, "label_entropy": h_y, "layer_information": per,
+                "saturated_layers": sum(p["saturated"] for p in per),
                 "bottlenecks": [u for _, u in sorted(bottle, reverse=True)],
                 "information_batches": len(batches)}
 

@@ -32,7 +32,7 @@ from ..files import atomic_write, write_json
 from ..loop import evaluate
 from ..stats import interval, paired
 from .adaptive_lr import ExponentialBackoffScheduler
-from .analyzers import NetworkStatsAnalyzer, SimpleInformationFlowAnalyzer, StandardExtremaAnalyzer
+from .analyzers import SimpleInformationFlowAnalyzer, StandardExtremaAnalyzer
 from .components import create_standard_evolution_system
 from .interfaces import NetworkContext
 from .network import create_standard_network
@@ -128,7 +128,6 @@ def run_evolution(ds, seed: int, method: str, cfg: EvolveExperimentConfig,
     if method == "standard":
         system = create_standard_evolution_system(epochs=per, learning_rate=cfg.lr)
         system.trainers[0].config = system.trainers[0].config.replace(batch_size=cfg.batch_size)
-        system.add_component(NetworkStatsAnalyzer())
     else:
         system = build_pipeline(per, cfg.lr, cfg.batch_size)
         steps = epochs * -(-len(ds.train.y) // cfg.batch_size)

@@ -462,11 +462,17 @@ class EvolvableNetwork(nn.Module, InputRules):
         """Revival of neurons of hidden stage ``s`` that were exactly 0 on the analysed data:
         their outgoing weights (next stage and the stage's blocks) become 0 and each gets up
         to ``fan_in`` new incoming edges with scaled random values; returns the edges added.
-        Exact wherever the neurons were 0."""
+        Exact wherever the neurons were 0. A ValueError when stage ``s + 1`` is residual: its
+        identity path carries the revived neurons to later stages, and that path cannot be
+        zeroed."""
         st = self._stage(s)
         neurons = torch.as_tensor(neurons, dtype=torch.long).flatten()
         if neurons.numel() == 0:
             return 0
+        if self.stages[s + 1].residual:
+            raise ValueError(f"cannot revive neurons of stage {s}: stage {s + 1} is residual, "
+                             f"so its identity path would carry the revived neurons' new "
+                             f"output to later stages (the change would not be exact)")
         consumers = [self.stages[s + 1].layer] + [b.first for b in st.blocks]
         with torch.no_grad():
             for lay in consumers:

@@ -6,7 +6,8 @@ surviving moments move with their parameters.
   ``patch_size`` dead and ``patch_size`` saturated neurons per hidden stage (from
   `StandardExtremaAnalyzer`): **revival** edges into dead neurons (a ReLU neuron that was
   exactly 0 gets ``edges_per_neuron`` random incoming edges and its outgoing weights set to 0,
-  `EvolvableNetwork.revive`; any other dead neuron gets zero-valued incoming edges, which
+  `EvolvableNetwork.revive`, not when the next stage is residual: its identity path would
+  carry the change); any other dead neuron gets zero-valued incoming edges, which
   receive gradient since its activation is near its linear range), **relief** edges out of
   saturated neurons (zero-valued edges to neurons of the next stage they do not reach); with
   ``add_layer_on_extrema``, a new layer (identity / zero residual,
@@ -118,7 +119,8 @@ class ExtremaGrowthStrategy(GrowthStrategy):
         for s, p in _patterns(net, analysis):
             dead = p["dead"][:self.patch_size]
             zero = set(p["zero"])
-            exact = [n for n in dead if n in zero] if net.activation == "relu" else []
+            exact = [n for n in dead if n in zero] \
+                if net.activation == "relu" and not net.stages[s + 1].residual else []
             if exact:
                 revived += net.revive(s, torch.tensor(exact), self.edges_per_neuron, opt)
             rest = [n for n in dead if n not in set(exact)]

@@ -14,7 +14,8 @@ One iteration of `ComposableEvolutionSystem.evolve_network`:
 5. a record goes to ``context.evolution_log``: the analysis (numbers only), the growth events
    (strategy, connections before / after, output change, optimizer sync counts), the
    network's stats, and the seconds spent analysing, growing and training (the bookkeeping
-   share is (analysis + growth) / total).
+   share, as `morphonet.evolution.experiment` reports it, is (analysis + growth) seconds /
+   training seconds).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from ..config import Config, ints, one_of, reals, setting
@@ -24,6 +25,8 @@ from .network import sparse_layers
 from .optim import build_optimizer, sync_optimizer
 
 __all__ = ["StandardNetworkTrainer", "TrainerConfig", "network_groups", "prepare_optimizer"]
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 @dataclass
@@ -49,14 +52,29 @@ def network_groups(network: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
 
 def prepare_optimizer(context: NetworkContext, config: Optional[TrainerConfig] = None) -> dict:
     """Build ``context.optimizer`` when there is none, else make it hold exactly the live
-    parameters (`sync_optimizer`); returns the sync counts."""
+    parameters (`sync_optimizer`, moments kept) and set every group's ``lr`` and
+    ``initial_lr`` (the base the learning-rate rules scale) to ``config.learning_rate`` and
+    its ``weight_decay`` to ``config.weight_decay``, so a later trainer's settings (the
+    seed's coarse → medium → fine phases) take effect. A ValueError when the optimizer is
+    of another type than ``config.optimizer``. Returns the sync counts."""
     config = config or TrainerConfig()
     groups = network_groups(context.network)
     if context.optimizer is None:
         context.optimizer = build_optimizer(groups, config.optimizer, config.learning_rate,
                                             config.weight_decay)
         return {"added": sum(len(p) for _, p in groups), "removed": 0, "kept": 0}
-    return sync_optimizer(context.optimizer, groups)
+    kind = _OPTIMIZERS[config.optimizer]
+    if type(context.optimizer) is not kind:
+        raise ValueError(
+            f"the context's optimizer is {type(context.optimizer).__name__} but this trainer "
+            f"asks for {config.optimizer!r} ({kind.__name__}): a trainer does not swap the "
+            f"optimizer (its state would be lost); use one optimizer type for every trainer, "
+            f"or set context.optimizer = None to start a fresh one")
+    sync = sync_optimizer(context.optimizer, groups)
+    for g in context.optimizer.param_groups:
+        g["lr"] = g["initial_lr"] = config.learning_rate
+        g["weight_decay"] = config.weight_decay
+    return sync
 
 
 class StandardNetworkTrainer(NetworkTrainer):

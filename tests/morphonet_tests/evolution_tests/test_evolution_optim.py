@@ -146,7 +146,7 @@ def test_trainer_optimizer_choices(name):
 
 def test_a_users_optimizer_is_adopted_with_its_state():
     """An optimizer built by the user (one unnamed group) becomes named groups; the state of
-    every parameter is kept."""
+    every parameter is kept; the trainer's learning rate applies (`prepare_optimizer`)."""
     (xt, yt), _ = toy_split()
     net = evo.create_standard_network([6, 8, 3], 0.4, seed=0)
     opt = torch.optim.Adam(net.parameters(), lr=0.003)
@@ -154,7 +154,7 @@ def test_a_users_optimizer_is_adopted_with_its_state():
     evo.StandardNetworkTrainer(epochs=1).train(ctx)  # syncs first, then trains
     assert ctx.optimizer is opt
     assert [g["name"] for g in opt.param_groups] == ["stage0", "stage1"]
-    assert all(g["lr"] == 0.003 for g in opt.param_groups)  # the user's hyperparameters
+    assert all(g["lr"] == 0.01 for g in opt.param_groups)  # the trainer's setting
     moments = {p: s["exp_avg"].clone() for p, s in opt.state.items()}
     evo.sync_optimizer(opt, net.parameter_groups())
     assert all(torch.equal(opt.state[p]["exp_avg"], m) for p, m in moments.items())
