@@ -27,6 +27,13 @@
   (64 / 40 inputs, 160 / 80 hidden, 320 analysis samples) input and hidden layers all
   saturate, so the analyzer reports no bottlenecks there: the estimator cannot see
   information loss between wide layers. ``bins`` does not change this for D ≫ log2(samples).
+  The option ``components=k`` does not saturate: each layer's activations (centred on the
+  analysis samples) are projected on their top k principal directions (SVD) before binning,
+  so a code has at most bins^k values (k = 3, 2 bins: 8 codes, below H(Y) = log2 10 bits);
+  it then estimates what the layer's k main directions carry about Y, a different and
+  coarser quantity (not bounded by the data processing inequality: a later layer can score
+  higher). The default (None) bins every neuron. The pipeline uses the default, so with its
+  widths the information-flow strategy never fires.
 * `GraphAnalyzer`: networkx on the connection graph (neurons as nodes, live connections
   with |w| above ``weight_threshold`` as edges): degrees, clustering, components,
   input → output reachability and path lengths, dead ends, betweenness centrality.
@@ -49,7 +56,7 @@ from .interfaces import Analyzer, NetworkContext
 
 __all__ = ["GraphAnalyzer", "NetworkStatsAnalyzer", "SimpleInformationFlowAnalyzer",
            "StandardExtremaAnalyzer", "connection_graph", "layer_codes",
-           "plugin_mutual_information", "stage_activations"]
+           "plugin_mutual_information", "principal_projection", "stage_activations"]
 
 
 @torch.no_grad()
@@ -157,6 +164,15 @@ def layer_codes(h: Tensor, bins: int) -> Tensor:
     return ((h - lo) / width * bins).floor().clamp(0, bins - 1).long()
 
 
+def principal_projection(h: Tensor, k: int) -> Tensor:
+    """(N, min(k, D, N)) coordinates of the centred rows of ``h`` on its top ``k`` principal
+    directions (SVD; signs as torch returns them, which binning does not care about)."""
+    c = h - h.mean(0, keepdim=True)
+    u, sv, _ = torch.linalg.svd(c, full_matrices=False)
+    k = min(k, sv.numel())
+    return u[:, :k] * sv[:k]
+
+
 class SimpleInformationFlowAnalyzer(Analyzer):
     """Per-layer information about the labels and the bottlenecks (module docstring).
 
@@ -169,11 +185,17 @@ class SimpleInformationFlowAnalyzer(Analyzer):
     """
 
     def __init__(self, max_batches: int = 10, bins: int = 2, min_loss: float = 0.05,
-                 tolerance: float = 1e-9):
+                 tolerance: float = 1e-9, components: Optional[int] = None):
         self.max_batches = check_int("max_batches", max_batches, 1)
         self.bins = check_int("bins", bins, 1)
         self.min_loss = check_real("min_loss", min_loss, 0)
         self.tolerance = check_real("tolerance", tolerance, 0)
+        self.components = check_int("components", components, 1, optional=True)
+
+    def _codes(self, h: Tensor) -> Tensor:
+        if self.components is not None:
+            h = principal_projection(h, self.components)
+        return layer_codes(h, self.bins)
 
     def analyze(self, context: NetworkContext) -> dict:
         """The information estimates of ``context.network`` on the analysis batches."""
@@ -182,7 +204,7 @@ class SimpleInformationFlowAnalyzer(Analyzer):
         acts = stage_activations(net, batches)
         y = torch.cat([b[1] for b in batches]).cpu()
         flow = [plugin_mutual_information(
-            layer_codes(torch.cat([a[l] for a in acts]).float().cpu(), self.bins), y)
+            self._codes(torch.cat([a[l] for a in acts]).float().cpu()), y)
             for l in range(len(acts[0]))]
         h_y = plugin_mutual_information(y, y)
         per, bottle = [], []

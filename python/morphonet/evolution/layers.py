@@ -5,10 +5,12 @@ connections available as RigL needs it).
 * `StandardSparseLayer(in_features, out_features, sparsity)`: the seed's layer; ``sparsity``
   is the connected fraction; weights N(0, gain² / fan_in) with each neuron's actual in-degree.
 * `ExtremaAwareSparseLayer`: denser incoming edges into dead neurons and outgoing edges from
-  saturated ones; tracks |y| statistics (`morpho_kernels.extrema_stats`).
+  saturated ones; tracks statistics of its post-activation output |act(y)|
+  (`morpho_kernels.extrema_stats`).
 * `ResidualBlock`: ``h + W2 act(W1 h + b1) + b2`` with W2 = 0 at creation (exact).
 * `TemporaryPatchLayer`: a small patch network on chosen neurons, exact at insertion,
-  removable or mergeable (a restricted residual block).
+  removable or mergeable (a restricted residual block without b2: it writes only to its
+  targets).
 
 Helpers: `resized` (more sources / destinations, the same edges, optimizer state carried),
 `grow_edges` (`SparseLinear.grow` with the optimizer when it holds the layer),
@@ -75,8 +77,14 @@ class StandardSparseLayer(SparseLinear):
 
 
 def init_scaled(layer: SparseLinear, gain: float, generator=None) -> None:
-    """Every live edge into neuron d gets N(0, gain² / fan_in(d)); bias 0 (as the first
-    generation's `MinimalNetwork.reset_parameters`)."""
+    """Every live edge into neuron d gets N(0, gain² / fan_in(d)); bias 0.
+
+    The rule of the first generation's `MinimalNetwork.reset_parameters`
+    (`morphonet.growth.network`), which is not reused because it is a method of that
+    network, not of a layer: it sums each destination's in-degree over all of the network's
+    edge lists (skip connections included) and draws every list in one pass. Here there is
+    one edge list per layer, so fan_in is that list's in-degree; on one list the two draw
+    the same distribution."""
     nnz = layer.nnz
     d = layer.edges.dst_index()[:nnz]
     std = gain / layer.edges.fan_in().float().clamp(min=1.0).sqrt()
@@ -146,14 +154,16 @@ class ResidualBlock(nn.Module):
     0), W1 random sparse; W2 has edges (value 0) so it receives gradient at once.
 
     ``sources`` / ``targets`` restrict W1 to read, and W2 to write, those neurons of the
-    stage (default: all). ``uid`` names its optimizer group; ``birth`` is the epoch it was
-    made."""
+    stage (default: all); ``second_bias=False`` leaves out b2 (a patch: b2 is full-width, so
+    it would write to every neuron). ``uid`` names its optimizer group; ``birth`` is the
+    epoch it was made."""
 
     temporary = False
 
     def __init__(self, width: int, hidden: int, density: float, activation: str, uid: int,
                  birth: int = 0, generator: Optional[torch.Generator] = None,
-                 sources: Optional[Tensor] = None, targets: Optional[Tensor] = None):
+                 sources: Optional[Tensor] = None, targets: Optional[Tensor] = None,
+                 second_bias: bool = True):
         super().__init__()
         self.uid, self.birth, self.activation = uid, birth, activation
         src, dst = random_edges(width, hidden, density, generator, cols=_index(sources, width))
@@ -161,10 +171,12 @@ class ResidualBlock(nn.Module):
             src, dst, width, hidden), activation=activation, generator=generator)
         src, dst = random_edges(hidden, width, density, generator, rows=_index(targets, width))
         self.second = StandardSparseLayer(
-            hidden, width, edges=EdgeList.from_coo(src, dst, hidden, width), activation=None)
+            hidden, width, edges=EdgeList.from_coo(src, dst, hidden, width), activation=None,
+            bias=second_bias)
         with torch.no_grad():
             self.second.values.zero_()
-            self.second.bias.zero_()
+            if self.second.bias is not None:
+                self.second.bias.zero_()
 
     def forward(self, h: Tensor) -> Tensor:
         """The block's branch only (the stage adds it to h)."""
@@ -183,8 +195,10 @@ def _index(t: Optional[Tensor], bound: int) -> Optional[Tensor]:
 class TemporaryPatchLayer(ResidualBlock):
     """A small patch network on chosen neurons of a stage: ``h[targets] += W2 act(W1
     h[sources] + b1)`` with ``patch_size`` hidden neurons, W1 dense on the sources, W2 dense
-    to the targets and zero at insertion (exact). It lives among the stage's residual blocks
-    (so it trains, widens and is counted like one) until `EvolvableNetwork.remove_patch`
+    to the targets and zero at insertion (exact), and no second bias, so training changes
+    only the targets (W2 has edges to the targets only; `RigLRewiring` leaves blocks and
+    patches alone). It lives among the stage's residual blocks (so it trains, widens and is
+    counted like one) until `EvolvableNetwork.remove_patch`
     takes it out (the output changes by what it had learnt) or
     `EvolvableNetwork.merge_patch` makes it a permanent block (exact)."""
 
@@ -194,7 +208,7 @@ class TemporaryPatchLayer(ResidualBlock):
                  activation: str, uid: int, birth: int = 0,
                  generator: Optional[torch.Generator] = None):
         super().__init__(width, check_int("patch_size", patch_size, 1), 1.0, activation, uid,
-                         birth, generator, sources=sources, targets=targets)
+                         birth, generator, sources=sources, targets=targets, second_bias=False)
         self.sources, self.targets = _index(sources, width), _index(targets, width)
 
 
@@ -202,9 +216,13 @@ class ExtremaAwareSparseLayer(StandardSparseLayer):
     """A `StandardSparseLayer` with denser incoming edges into chosen (dead) output neurons
     and denser outgoing edges from chosen (saturated) input neurons: ``base_sparsity``
     everywhere, ``extrema_sparsity`` for the rows of ``dead_outputs`` and the columns of
-    ``saturated_inputs``. With ``track = True`` its forward accumulates per-output
-    statistics of |y| (`morpho_kernels.extrema_stats`: mean, max, count) in ``extrema``, the
-    counts below ``dead_threshold`` included; `reset_extrema` forgets them."""
+    ``saturated_inputs``. Its forward returns the pre-activation y = W x + b (the activation
+    follows outside, as for every layer here). With ``track = True`` it accumulates
+    per-output statistics of |act(y)|, the *post-activation* output with its
+    ``activation`` (`morpho_kernels.extrema_stats`: mean, max, count) in ``extrema``, the
+    counts below ``dead_threshold`` included, so a dead ReLU neuron (y ≪ 0, output 0) counts
+    as dead (the rule of `StandardExtremaAnalyzer` and the first generation);
+    `reset_extrema` forgets them."""
 
     def __init__(self, in_features: int, out_features: int, base_sparsity: float = 0.05,
                  extrema_sparsity: float = 0.5, dead_outputs: Sequence[int] = (),
@@ -231,14 +249,16 @@ class ExtremaAwareSparseLayer(StandardSparseLayer):
         super().__init__(in_features, out_features, base, activation=activation, edges=edges,
                          generator=generator)
         self.dead_threshold = check_real("dead_threshold", dead_threshold, 0)
+        self.activation = activation
         self.track = False
         self.extrema: Optional[ExtremaStats] = None
 
     def forward(self, x: Tensor) -> Tensor:
-        """As `SparseLinear`, and the statistics of |y| when tracking."""
+        """As `SparseLinear`, and the statistics of |act(y)| when tracking."""
         y = super().forward(x)
         if self.track:
-            self.extrema = extrema_stats(y.detach().abs().float(), self.dead_threshold,
+            out = act(self.activation, y.detach())
+            self.extrema = extrema_stats(out.abs().float(), self.dead_threshold,
                                          math.inf, state=self.extrema)
         return y
 

@@ -441,8 +441,9 @@ class EvolvableNetwork(nn.Module, InputRules):
         return [b for st in self.stages for b in st.blocks if b.temporary]
 
     def remove_patch(self, patch: TemporaryPatchLayer) -> None:
-        """Take ``patch`` out (the output changes by what it adds; nothing while its W2 is
-        0); `sync_optimizer` then drops its parameters."""
+        """Take ``patch`` out (the output changes by what it adds, on its targets only: a
+        patch has no second bias, so nothing while its W2 is 0); `sync_optimizer` then drops
+        its parameters."""
         for st in self.stages:
             for i, b in enumerate(st.blocks):
                 if b is patch:

@@ -36,7 +36,14 @@ def _grow_like(t: Tensor, old_shape: torch.Size, new: Tensor) -> Tensor:
 def replace_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter,
                       new: nn.Parameter) -> None:
     """Put ``new`` where ``old`` is in the optimizer, with ``old``'s state carried (module
-    docstring); nothing happens when the optimizer does not hold ``old``."""
+    docstring); nothing happens when the optimizer does not hold ``old``.
+
+    Not `morpho_kernels.nn.sparse._swap_param`, which does the same swap for one edge
+    list's ``values`` after its own edit: that one remaps the state by the edit's
+    `EdgeUpdate` (slots moved, dropped, inserted) and raises when the optimizer lacks
+    ``old``. Here the edits enlarge a tensor with the old entries first (biases of widened
+    stages, resized edge lists) and there is no `EdgeUpdate`, and a parameter made before
+    any optimizer is not an error (`sync_optimizer` adds it later)."""
     for group in optimizer.param_groups:
         for i, p in enumerate(group["params"]):
             if p is old:

@@ -92,6 +92,63 @@ def test_information_flow_finds_the_bottleneck():
     assert evo.SimpleInformationFlowAnalyzer(min_loss=1.5).analyze(ctx)["bottlenecks"] == []
 
 
+def test_equal_estimates_are_no_bottleneck_at_min_loss_zero():
+    """Wide layers: every code is distinct, so input and hidden estimates all equal H(Y)
+    (up to float rounding); at min_loss = 0 none is a bottleneck, and every hidden stage is
+    reported saturated."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(320, 64, generator=g)
+    y = torch.arange(320) % 10
+    net = evo.create_standard_network([64, 160, 80, 10], 0.1, "tanh", seed=0)
+    ctx = evo.NetworkContext(net, (x, y), batch_size=32)
+    r = evo.SimpleInformationFlowAnalyzer(max_batches=10, min_loss=0.0).analyze(ctx)
+    h = r["label_entropy"]
+    assert h == pytest.approx(math.log2(10))
+    assert all(f == pytest.approx(h, abs=1e-9) for f in r["information_flow"][:3])
+    assert r["bottlenecks"] == []
+    assert r["saturated_layers"] == 2 and all(p["saturated"] for p in r["layer_information"])
+    # the rounding the tolerance absorbs: a loss of a few ulps is not a bottleneck either
+    assert all(abs(p["loss"]) <= 1e-9 for p in r["layer_information"])
+
+
+def test_tolerance_separates_rounding_from_a_real_loss(monkeypatch):
+    """A loss of 1e-15 bits (rounding) is no bottleneck at min_loss = 0; 0.25 bits is."""
+    import morphonet.evolution.analyzers as an
+
+    net = evo.create_standard_network([3, 4, 4, 2], 0.5, seed=0)
+    ctx = evo.NetworkContext(net, (torch.randn(16, 3), torch.arange(16) % 2), batch_size=8)
+    for flow, expect in (([1.0, 1.0 - 1e-15, 1.0 - 2e-15, 1.0], []),
+                         ([1.0, 1.0, 0.75, 0.75], [net.stages[1].uid])):
+        it = iter(flow)
+        monkeypatch.setattr(an, "plugin_mutual_information",
+                            lambda c, y, it=it: next(it, 1.0))
+        r = an.SimpleInformationFlowAnalyzer(max_batches=2, min_loss=0.0).analyze(ctx)
+        assert r["bottlenecks"] == expect
+
+
+def test_projected_estimate_does_not_saturate():
+    """components=k bins the top k principal coordinates: at most 2^k codes, so a wide
+    layer's estimate stays at most k bits, below H(Y) (log2 10); an input whose main
+    direction is the label scores well."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 10
+    signal = (y.float() - 4.5)[:, None] * torch.ones(1, 60)
+    x = torch.cat([signal + 0.1 * torch.randn(400, 60, generator=g),
+                   torch.randn(400, 4, generator=g)], 1)
+    net = evo.create_standard_network([64, 160, 80, 10], 0.1, "tanh", seed=0)
+    ctx = evo.NetworkContext(net, (x, y), batch_size=40)
+    proj = evo.SimpleInformationFlowAnalyzer(max_batches=10, min_loss=0.0,
+                                             components=2).analyze(ctx)
+    assert all(f <= 2.0 + 1e-9 for f in proj["information_flow"])  # 2 components, 2 bins
+    assert proj["information_flow"][0] > 0.8  # the label direction is the main one
+    assert proj["saturated_layers"] == 0
+    from morphonet.evolution.analyzers import principal_projection
+
+    p = principal_projection(torch.randn(50, 7, generator=g), 3)
+    assert p.shape == (50, 3)
+    torch.testing.assert_close(p.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+
+
 def test_network_stats_analyzer():
     net = evo.create_standard_network([5, 6, 3], 0.5, seed=0)
     net.add_residual_block(0, hidden=2)

@@ -19,7 +19,7 @@ def test_extrema_aware_layer_is_denser_where_asked():
     assert fan_out[11] >= 15  # ceil(0.5 · 30) out of the saturated input
     others = [i for i in range(30) if i not in (3, 7)]
     assert fan_in[others].float().mean() < 3
-    # the forward is the dense reference, and tracking counts |y|
+    # the forward is the dense reference (pre-activation), and tracking counts |relu(y)|
     x = torch.randn(9, 40)
     ref = x @ lay.edges.to_dense(lay.values.detach()).T + lay.bias.detach()
     lay.track = True
@@ -27,12 +27,56 @@ def test_extrema_aware_layer_is_denser_where_asked():
     lay(x)
     torch.testing.assert_close(y, ref)
     assert int(lay.extrema.count) == 18
-    torch.testing.assert_close(lay.extrema.mean, ref.abs().mean(0))
-    torch.testing.assert_close(lay.extrema.max, ref.abs().amax(0))
+    torch.testing.assert_close(lay.extrema.mean, ref.relu().mean(0))
+    torch.testing.assert_close(lay.extrema.max, ref.relu().amax(0))
     lay.reset_extrema()
     assert lay.extrema is None
     with pytest.raises(ValueError, match="neuron indices"):
         evo.ExtremaAwareSparseLayer(4, 3, dead_outputs=[5])
+
+
+def test_extrema_aware_layer_sees_a_dead_relu_neuron():
+    """A ReLU neuron with a large negative pre-activation outputs 0: tracked as dead (mean
+    and max 0, below the threshold on every sample), not as a large |pre-activation|."""
+    lay = evo.ExtremaAwareSparseLayer(5, 3, base_sparsity=1.0, activation="relu",
+                                      generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lay.bias[1] = -100.0  # neuron 1 is dead on any input of this scale
+    lay.track = True
+    lay(torch.randn(32, 5))
+    assert float(lay.extrema.mean[1]) == 0.0 and float(lay.extrema.max[1]) == 0.0
+    assert float(lay.extrema.mean[1]) < lay.dead_threshold
+    assert float(lay.extrema.mean[0]) > 0 and float(lay.extrema.mean[2]) > 0
+    # tanh: the post-activation is bounded by 1 (a saturated neuron at most 1, not 100)
+    t = evo.ExtremaAwareSparseLayer(5, 3, base_sparsity=1.0, activation="tanh")
+    with torch.no_grad():
+        t.bias[0] = 100.0
+    t.track = True
+    t(torch.randn(8, 5))
+    assert float(t.extrema.max.max()) <= 1.0
+
+
+def test_a_trained_patch_changes_only_its_targets():
+    """After training, a patch adds to its targets only (no full-width b2): removing it
+    restores every other neuron of the stage exactly."""
+    (xt, yt), (xv, yv) = toy_split()
+    net = evo.create_standard_network([6, 10, 8, 3], 0.3, "tanh", seed=0)
+    ctx = evo.NetworkContext(net, (xt, yt), val_data=(xv, yv))
+    trainer = evo.StandardNetworkTrainer(epochs=1, learning_rate=0.05)
+    trainer.train(ctx)
+    patch = net.add_patch(0, sources=[0, 3], targets=[2, 7], patch_size=3)
+    assert patch.second.bias is None
+    trainer.train(ctx)
+    assert (patch.second.values.detach()[:patch.second.nnz] != 0).any()  # it learnt
+    x = torch.randn(40, 6) * 3
+    st = net.stages[0]
+    with torch.no_grad():
+        h = st(x)
+        net.remove_patch(patch)
+        plain = st(x)
+    others = [i for i in range(10) if i not in (2, 7)]
+    assert torch.equal(h[:, others], plain[:, others])
+    assert (h[:, [2, 7]] != plain[:, [2, 7]]).any()
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
@@ -67,7 +111,7 @@ def test_patch_is_exact_trains_and_merges(activation):
     assert net.patches() == [] and patch in list(net.stages[1].blocks)
     with torch.no_grad():
         assert torch.equal(net(x), trained)  # merging changes nothing
-    other = net.add_patch(0, [1], [2], 2)
+    other = net.add_patch(0, list(range(10)), [2], 3)
     trainer.train(ctx)
     with torch.no_grad():
         kept = net(x).clone()

@@ -158,3 +158,30 @@ def test_a_users_optimizer_is_adopted_with_its_state():
     moments = {p: s["exp_avg"].clone() for p, s in opt.state.items()}
     evo.sync_optimizer(opt, net.parameter_groups())
     assert all(torch.equal(opt.state[p]["exp_avg"], m) for p, m in moments.items())
+
+
+def test_a_later_trainers_settings_apply():
+    """The seed's coarse → medium → fine phases: a second trainer's learning rate and weight
+    decay reach the shared optimizer (its moments kept); another optimizer type raises."""
+    (xt, yt), _ = toy_split()
+    net = evo.create_standard_network([6, 8, 3], 0.4, seed=0)
+    ctx = evo.NetworkContext(net, (xt, yt))
+    evo.StandardNetworkTrainer(epochs=1, learning_rate=0.05).train(ctx)
+    opt = ctx.optimizer
+    assert all(g["lr"] == 0.05 for g in opt.param_groups)
+    moments = {p: s["exp_avg"].clone() for p, s in opt.state.items()}
+    fine = evo.StandardNetworkTrainer(epochs=1, learning_rate=0.001, weight_decay=1e-4)
+    from morphonet.evolution.trainer import prepare_optimizer
+
+    prepare_optimizer(ctx, fine.config)  # what train() does first
+    assert ctx.optimizer is opt
+    assert all(g["lr"] == 0.001 and g["initial_lr"] == 0.001 and g["weight_decay"] == 1e-4
+               for g in opt.param_groups)
+    assert all(torch.equal(opt.state[p]["exp_avg"], m) for p, m in moments.items())
+    # the step really uses the new rate: Adam's first steps move a weight by about lr
+    w0 = net.stages[0].layer.values.detach().clone()
+    fine.train(ctx)
+    step = (net.stages[0].layer.values.detach() - w0).abs().max()
+    assert 0 < float(step) < 0.001 * 8 * 4  # ≤ lr per step (8 steps of 32) × slack, not 0.05
+    with pytest.raises(ValueError, match="optimizer"):
+        evo.StandardNetworkTrainer(epochs=1, optimizer="sgd").train(ctx)

@@ -3,7 +3,7 @@ most 1e-5 (relative) at the moment of change, over random small architectures (h
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import morphonet.evolution as evo
@@ -78,6 +78,7 @@ def test_extrema_growth_is_exact(case, add_layer):
                                                     saturated_multiplier=1.2)],
                                   everywhere=case["act"] == "tanh")
     assert change <= TOL
+    event(f"grown={grown}")  # the deterministic tests below always grow
     if grown:  # the edges the strategy reports are the network's new edges
         n1 = ctx.network.get_network_stats()["total_connections"]
         new = s.last["revival_edges"] + s.last["relief_edges"]
@@ -120,6 +121,7 @@ def test_information_flow_growth_is_exact_everywhere(case, how):
     s = evo.InformationFlowGrowthStrategy(widen_fraction=0.5, mode=mode, init=init or "random")
     grown, change = _check_change(ctx, s, [analyzer], everywhere=True)
     assert change <= TOL
+    event(f"grown={grown}")  # the deterministic tests below always grow
     if grown and mode == "widen":
         st_ = s.last["stage"]
         assert ctx.network.architecture()[st_ + 1] > arch0[st_ + 1]
@@ -146,6 +148,82 @@ def test_composed_pipeline_is_exact_at_every_change(case):
     ctx = system.evolve_network(ctx, num_iterations=3)
     changes = [e["output_change"] for r in ctx.evolution_log for e in r["events"]]
     assert changes and max(changes) <= TOL
+
+
+def _silenced(act_name, seed=0):
+    """A [5, 9, 7, 3] network whose stage 1 is all zero (weights and bias): under tanh its
+    output is constant 0 (dead, and no information about the label)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(96, 5, generator=g) * 2
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    net = evo.create_standard_network([5, 9, 7, 3], 0.6, act_name, seed=seed)
+    ctx = evo.NetworkContext(net, (x, y), batch_size=48, seed=seed)
+    evo.StandardNetworkTrainer(epochs=1, learning_rate=0.05, batch_size=32).train(ctx)
+    with torch.no_grad():  # after training: the optimizer and dense gradients exist
+        net.stages[1].layer.values.zero_()
+        net.stages[1].layer.bias.zero_()
+    ctx.new_iteration()
+    return ctx
+
+
+@pytest.mark.parametrize("how", [("widen", "random"), ("widen", "gradmax"), ("insert", None)])
+def test_information_flow_growth_grows_a_known_bottleneck(how):
+    """The silenced stage carries 0 bits: a bottleneck at min_loss = 0; the strategy grows
+    there (always, unlike the random cases above) and keeps the function everywhere."""
+    ctx = _silenced("tanh")
+    net = ctx.network
+    mode, init = how
+    arch0 = net.architecture()
+    analyzer = evo.SimpleInformationFlowAnalyzer(max_batches=2, min_loss=0.0)
+    assert analyzer.analyze(ctx)["bottlenecks"][0] == net.stages[1].uid
+    s = evo.InformationFlowGrowthStrategy(widen_fraction=0.5, mode=mode, init=init or "random")
+    grown, change = _check_change(ctx, s, [analyzer], everywhere=True)
+    assert grown and change <= TOL and s.last["stage"] == 1
+    if mode == "widen":
+        assert net.architecture()[2] == arch0[2] + 4  # ceil(0.5 · 7)
+    else:
+        assert len(net.architecture()) == len(arch0) + 1
+
+
+def test_extrema_growth_grows_on_known_dead_neurons():
+    """Every neuron of the silenced tanh stage is dead: the strategy adds incoming edges to
+    up to patch_size of them (value 0: exact everywhere), and reports exactly those edges."""
+    ctx = _silenced("tanh")
+    n0 = ctx.network.get_network_stats()["total_connections"]
+    s = evo.ExtremaGrowthStrategy(patch_size=4, edges_per_neuron=2, seed=0)
+    grown, change = _check_change(ctx, s, [_extrema(dead_threshold=0.05)], everywhere=True)
+    assert grown and change <= TOL
+    n1 = ctx.network.get_network_stats()["total_connections"]
+    assert s.last["revival_edges"] > 0 and n1 - n0 == s.last["revival_edges"] + \
+        s.last["relief_edges"]
+
+
+def test_revive_refuses_a_residual_next_stage():
+    """A residual stage 1 (h + relu(W h + b); `insert_layer` makes them under tanh, set by
+    hand here) would carry a revived neuron of stage 0 onwards through its identity path,
+    so `revive` raises; the extrema strategy then leaves the exact-zero ReLU neurons to the
+    zero-valued incoming edges (still exact)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    net = evo.create_standard_network([4, 6, 6, 3], 0.8, "relu", seed=0)
+    with torch.no_grad():
+        net.stages[0].layer.bias[:3] = -100.0  # neurons 0-2 exactly 0 on these inputs
+    net.stages[1].residual = True
+    with pytest.raises(ValueError, match="residual"):
+        net.revive(0, torch.tensor([0]))
+    ctx = evo.NetworkContext(net, (x, y), batch_size=32, seed=0)
+    s = evo.ExtremaGrowthStrategy(patch_size=4, seed=0)
+    grown, change = _check_change(ctx, s, [_extrema()], everywhere=False)
+    assert grown and change <= TOL
+    # without the residual stage, revive is allowed and exact on the analysed data
+    plain = evo.create_standard_network([4, 6, 6, 3], 0.8, "relu", seed=0)
+    with torch.no_grad():
+        plain.stages[0].layer.bias[:3] = -100.0
+    ctx2 = evo.NetworkContext(plain, (x, y), batch_size=32, seed=0)
+    grown, change = _check_change(ctx2, evo.ExtremaGrowthStrategy(patch_size=4, seed=0),
+                                  [_extrema()], everywhere=False)
+    assert grown and change <= TOL
 
 
 def test_gradmax_new_neurons():
