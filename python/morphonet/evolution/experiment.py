@@ -91,10 +91,13 @@ class EvolveExperimentConfig(Config):
 
 
 def build_pipeline(epochs: int, lr: float, batch_size: int) -> ComposableEvolutionSystem:
-    """The pipeline this experiment compares (chosen on the validation split, see
-    docs/evolution.md): extrema and information-flow analysis; pruning of dead edges, then
-    extrema growth (revival and relief, no new layers), then GradMax widening of information
-    bottlenecks; training with the context's hooks (`pipeline_hooks`)."""
+    """The pipeline this experiment compares (chosen on the validation split in an
+    unrecorded sweep, see docs/evolution.md): extrema and information-flow analysis; pruning
+    of dead edges, then extrema growth (revival and relief, no new layers), then GradMax
+    widening of information bottlenecks; training with the context's hooks
+    (`pipeline_hooks`). At the experiment's widths the binned information estimate
+    saturates (every layer at H(Y)), so no bottleneck is found and the widening never fires
+    (in the sweep it fired on float rounding, a defect since fixed)."""
     system = ComposableEvolutionSystem()
     system.add_component(StandardExtremaAnalyzer())
     system.add_component(SimpleInformationFlowAnalyzer(min_loss=0.0))
