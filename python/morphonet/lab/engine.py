@@ -34,7 +34,7 @@ from typing import Any
 
 from .experiments import Experiment, RunContext
 
-__all__ = ["GRACE_S", "HEARTBEAT_S", "Plan", "collect", "execute", "open_storage",
+__all__ = ["GRACE_S", "HEARTBEAT_S", "JournalFlock", "Plan", "collect", "execute", "open_storage",
            "storage_url"]
 
 HEARTBEAT_S = 10   # RDB heartbeat of a running trial
@@ -94,7 +94,51 @@ def open_storage(spec: str) -> Any:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     os.makedirs(os.path.dirname(os.path.abspath(spec)), exist_ok=True)
-    return JournalStorage(JournalFileBackend(spec))
+    return JournalStorage(JournalFileBackend(spec, lock_obj=JournalFlock(spec)))
+
+
+class JournalFlock:
+    """The journal's lock: ``fcntl.flock`` on ``<journal>.flock``, which the kernel releases
+    when its holder dies. Optuna's own file locks (a symlink or lock file) outlive a SIGKILLed
+    holder and make everyone else wait their 30 s grace period; and a write cut short by the
+    kill leaves half a line that the next append would turn into a corrupt log. So, holding
+    the lock (no live writer is mid-write then), a journal whose last line has no newline is
+    cut back to its last complete line: that record was never written."""
+
+    def __init__(self, journal: str):
+        self._journal, self._path, self._fd = journal, journal + ".flock", -1
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._repair()
+        return True
+
+    def release(self) -> None:
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = -1
+
+    def _repair(self) -> None:
+        try:
+            size = os.path.getsize(self._journal)
+        except FileNotFoundError:
+            return
+        if size == 0:
+            return
+        with open(self._journal, "rb+") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            keep = f.read().rfind(b"\n") + 1
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _key(attrs: dict) -> tuple[str, int] | None:
@@ -113,7 +157,11 @@ def _alive(worker: str) -> bool:
         return False
     except (PermissionError, ValueError):
         return True
-    return True
+    try:  # a killed worker whose parent died too stays a zombie until init reaps it
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _study(storage: Any, plan: Plan) -> Any:
@@ -126,14 +174,15 @@ def _study(storage: Any, plan: Plan) -> Any:
         return optuna.load_study(study_name=plan.study, storage=storage)
 
 
-def _fail_stale(study: Any, storage: Any, journal: bool) -> int:
-    """Mark trials left RUNNING by dead workers as failed; returns how many."""
+def _fail_stale(study: Any, storage: Any, unnamed: bool) -> int:
+    """Mark trials left RUNNING by dead workers of this machine as failed (and, when
+    ``unnamed``, those whose worker died before it wrote its name); returns how many."""
     from optuna.trial import TrialState
 
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("lab_worker")
-        if (worker is None and journal) or (worker is not None and not _alive(worker)):
+        if (worker is None and unnamed) or (worker is not None and not _alive(worker)):
             storage.set_trial_user_attr(t._trial_id, "lab_stale", True)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
@@ -238,7 +287,7 @@ def execute(spec: str, plans: list[Plan], workers: int, device: str, workdir: st
         queued = 0
         for p in plans:
             s = studies[p.study]
-            stale = _fail_stale(s, storage, journal) if first else 0
+            stale = _fail_stale(s, storage, unnamed=journal and first)
             if not journal:  # trials whose heartbeat stopped (another machine died)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
