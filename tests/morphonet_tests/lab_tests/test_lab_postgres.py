@@ -40,16 +40,16 @@ def postgres_url():
     data, port = os.path.join(d, "data"), _free_port()
     try:
         subprocess.run(as_user + [f"{BIN}/initdb", "-D", data, "-U", "lab", "--auth=trust",
-                                  "-E", "UTF8"], check=True, capture_output=True)
+                                  "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
         subprocess.run(as_user + [f"{BIN}/pg_ctl", "-D", data, "-l", os.path.join(d, "log"),
-                                  "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1",
+                                  "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off",
                                   "-w", "start"], check=True, capture_output=True)
     except (subprocess.CalledProcessError, OSError) as e:
         shutil.rmtree(d, ignore_errors=True)
         pytest.skip(f"could not start a PostgreSQL server: {e}")
     yield f"postgresql://lab@127.0.0.1:{port}/postgres"
-    subprocess.run(as_user + [f"{BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                   capture_output=True)
+    subprocess.run(as_user + [f"{BIN}/pg_ctl", "-D", data, "-m", "immediate", "-w", "-t", "10",
+                              "stop"], capture_output=True)
     shutil.rmtree(d, ignore_errors=True)
 
 

@@ -76,7 +76,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     states = Counter(t.state.name for t in _trials(journal))
     assert states["COMPLETE"] < 30 and states["RUNNING"] + states["WAITING"] > 0, states
     assert not (killed / "report.md").exists()
-    assert main(["lab", "run", str(f), "--results-dir", str(killed), "--quiet"]) == 0
+    assert main(["lab", "run", str(f), "--results-dir", str(killed), "--workers", "1",
+                 "--quiet"]) == 0
     after = _trials(journal)
     done = [t for t in after if t.state.name == "COMPLETE"]
     keys = Counter((t.user_attrs["lab_config"]["hypothesis"], t.user_attrs["lab_arm"],
