@@ -42,7 +42,8 @@ def postgres_url():
         subprocess.run(as_user + [f"{BIN}/initdb", "-D", data, "-U", "lab", "--auth=trust",
                                   "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
         subprocess.run(as_user + [f"{BIN}/pg_ctl", "-D", data, "-l", os.path.join(d, "log"),
-                                  "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off",
+                                  "-o", f"-p {port} -k {d} -c listen_addresses=127.0.0.1 "
+                                        "-c fsync=off",
                                   "-w", "start"], check=True, capture_output=True)
     except (subprocess.CalledProcessError, OSError) as e:
         shutil.rmtree(d, ignore_errors=True)
