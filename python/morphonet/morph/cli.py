@@ -26,7 +26,7 @@ def _morph(args: argparse.Namespace) -> int:
     )
 
     kw: dict = dict(out_dir=args.out)
-    for flag in ("tasks", "methods", "ratios"):
+    for flag in ("tasks", "methods") + (() if args.latency else ("ratios",)):
         if getattr(args, flag) is not None:
             kw[flag] = tuple(getattr(args, flag))
     for flag in ("seeds", "device", "width"):
@@ -43,7 +43,7 @@ def _morph(args: argparse.Namespace) -> int:
             return 2
         runs = read_records(partial)
         if args.latency:
-            remeasure_latency(cfg, runs, log=None if args.quiet else print)
+            remeasure_latency(cfg, runs, log=None if args.quiet else print, ratios=args.ratios)
         summary = render(cfg, runs)
     else:
         summary = run_morph_experiment(cfg, log=None if args.quiet else print)
@@ -80,7 +80,8 @@ def add_morph_parser(subparsers) -> argparse.ArgumentParser:
                    help="only rewrite the report and plots from the records in --out")
     p.add_argument("--latency", action="store_true",
                    help="time every final model in --out again against the full model (e.g. "
-                        "on an idle machine; latency.jsonl), then rewrite the report")
+                        "on an idle machine; latency.jsonl; with --ratios only those FLOP "
+                        "targets), then rewrite the report")
     p.add_argument("--out", default="results/morph", help="results directory")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_morph)

@@ -417,18 +417,20 @@ def _run(cfg: MorphExperimentConfig, runner: _Runner, methods: list[str], done: 
 
 
 def remeasure_latency(cfg: MorphExperimentConfig, runs: list[dict],
-                      log: Optional[Callable[[str], None]] = print) -> int:
+                      log: Optional[Callable[[str], None]] = print,
+                      ratios: Optional[list[float]] = None) -> int:
     """Time every final model of ``runs`` again against the full-width model (`measure_latency`,
     one thread), e.g. on an idle machine after a run shared the CPU with other work. A
     model's latency depends on its shapes only, so it is rebuilt from the record's widths
     (`resize` of the base, checked against the record's parameter count). Each measurement
     is appended to ``<out_dir>/latency.jsonl`` (checksummed; a killed call continues) and
-    `render` uses it in place of the run's own. Returns how many models were timed."""
+    `render` uses it in place of the run's own. ``ratios``: only the final models at these FLOP
+    targets (default: all). Returns how many models were timed."""
     log = log or (lambda s: None)
     path = os.path.join(cfg.out_dir, "latency.jsonl")
     done = {_key(r) for r in (read_records(path) if os.path.exists(path) else [])}
-    finals = sorted((r for r in runs if r["phase"] == "final" and _key(r) not in done),
-                    key=lambda r: str(_key(r)))
+    finals = sorted((r for r in runs if r["phase"] == "final" and _key(r) not in done
+                     and (ratios is None or r["ratio"] in ratios)), key=lambda r: str(_key(r)))
     examples: dict[str, torch.Tensor] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -81,6 +81,9 @@ def test_cli(tmp_path, capsys):
     assert os.path.exists(os.path.join(out, "report.md"))
     # --latency: the final model rebuilt from its widths (parameter count checked) and timed
     # again; the report uses that time and says so; a second call times nothing more
+    assert main(["morph", "--latency", "--ratios", "0.25", "--quiet", "--out", out,
+                 "--tasks", "digits"]) == 0  # no final model at 0.25x: nothing timed
+    assert not os.path.exists(os.path.join(out, "latency.jsonl"))
     assert main(["morph", "--latency", "--quiet", "--out", out, "--tasks", "digits"]) == 0
     (again,) = read_records(os.path.join(out, "latency.jsonl"))
     assert again["method"] == "uniform" and again["latency"] > 0 and again["base_latency"] > 0
