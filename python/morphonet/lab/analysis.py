@@ -34,7 +34,7 @@ FOLLOW_UP_RULE = (
     "seeds (first_seed + seeds onwards, so the data that found the effect do not confirm it): "
     "with a parameter space whose best significant arm has numeric values, a finer grid of 5 "
     "points per numeric parameter between that value's neighbours in the grid (mirrored at "
-    "an edge), other parameters fixed at the best arm's, the same control "
+    "an edge, never across 0), other parameters fixed at the best arm's, the same control "
     "(<name>.finer); otherwise a replication of the same design (<name>.replication)")
 
 
@@ -92,10 +92,15 @@ def apply_correction(results: list[dict], method: str) -> None:
     """Adjust the p of every comparison of ``results`` together (one family: the lab's
     hypotheses) and set each verdict and statement."""
     flat = [c for r in results for c in r["comparisons"]]
-    for c, p in zip(flat, adjust_pvalues([c["p"] for c in flat], method)):
+    ps = [c["p"] for c in flat]
+    for i, (c, p) in enumerate(zip(flat, adjust_pvalues(ps, method))):
         c["p_adj"] = p
-        # the best a design can do after correction: Holm's first step is alpha / m
-        c["min_p_adj"] = min(1.0, c["min_p"] * len(flat)) if method == "holm" else c["min_p"]
+        # the best this comparison's design can do after correction: its adjusted p were its
+        # own p the smallest its non-zero pairs allow, the others as they are (an adjusted p
+        # rises with its p, so this is the bound; Holm's is not min_p · m once the
+        # comparisons have different numbers of non-zero pairs)
+        best = ps[:i] + [min(c["min_p"], c["p"])] + ps[i + 1:]
+        c["min_p_adj"] = float(adjust_pvalues(best, method)[i])
     for r in results:
         for c in r["comparisons"]:
             c["correction"] = method
@@ -136,14 +141,23 @@ def _numeric(v: Any) -> bool:
 
 
 def _finer(values: list, v: Any) -> list:
-    """5 points between ``v``'s neighbours in ``values`` (mirrored at an edge)."""
+    """5 points between ``v``'s neighbours in ``values``, mirrored at an edge of the grid
+    (2v − the one neighbour) but never across 0: a positive value's mirror at or below 0
+    becomes v / 2 (a negative one's at or above 0, v / 2 too). Bounds of a parameter's own
+    (a sparsity below 1, say) are the experiment's: it rejects the design when registered."""
     grid = sorted(values)
     i = grid.index(v)
-    lo = grid[i - 1] if i > 0 else (2 * v - grid[i + 1] if len(grid) > 1 else v / 2)
-    hi = grid[i + 1] if i + 1 < len(grid) else (2 * v - grid[i - 1] if len(grid) > 1 else v * 2)
+
+    def mirror(nb: float, alt: float) -> float:
+        m = 2 * v - nb
+        return m if v == 0 or (m > 0) == (v > 0) and m != 0 else alt
+
+    lo = grid[i - 1] if i > 0 else (mirror(grid[i + 1], v / 2) if len(grid) > 1 else v / 2)
+    hi = grid[i + 1] if i + 1 < len(grid) else (mirror(grid[i - 1], v * 2) if len(grid) > 1
+                                                  else v * 2)
     pts = np.linspace(lo, hi, 5).tolist()
     if all(isinstance(x, int) for x in values):
-        pts = sorted({int(round(x)) for x in pts})
+        pts = sorted({int(round(x)) for x in pts} - ({0} if v != 0 else set()))
     return [x if isinstance(x, int) else float(f"{x:.6g}") for x in pts]
 
 

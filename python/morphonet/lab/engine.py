@@ -14,8 +14,9 @@ run again.
 Resuming: a finished trial is never redone. A trial left RUNNING by a killed worker on this
 machine (its process is gone) or, with the journal, by a worker that died before it said who
 it was, is marked failed and enqueued again; trials still WAITING are run as they are. The
-analysis reads the first finished trial of each (arm, seed), so a resumed run reports exactly
-what an uninterrupted one does.
+analysis reads the lowest-numbered finished trial of each (arm, seed) (an order every machine
+agrees on), so a resumed run reports exactly what an uninterrupted one does — given that each
+(arm, seed) experiment is deterministic, which nothing here checks.
 """
 
 from __future__ import annotations
@@ -356,7 +357,8 @@ def _run_workers(spec: str, plans: list[Plan], workers: int, device: str, workdi
 
 
 def collect(study: Any, plan: Plan) -> dict[tuple[str, int], dict]:
-    """(arm, seed) → metrics of the first finished trial of each of the plan's experiments."""
+    """(arm, seed) → metrics of the lowest-numbered finished trial of each of the plan's
+    experiments."""
     from optuna.trial import TrialState
 
     out: dict = {}

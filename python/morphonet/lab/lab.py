@@ -160,12 +160,14 @@ class NeuralArchitectureLab:
     def _check_family(self, ids: list[str]) -> None:
         """The α guard across the run: under Holm nothing is rejected unless the smallest p is
         at most alpha / m (m: every comparison of the lab's results and of this run), so a
-        hypothesis whose seeds cannot give such a p is refused before anything runs."""
+        run whose hypotheses — those of this run and those already in the lab's family, whose
+        verdicts the correction recomputes — cannot give such a p is refused before anything
+        runs."""
         hids = list(dict.fromkeys([*self.results, *ids]))
         m = sum(len(self._plans[i].arms) - 1 for i in hids)
         if self.config.correction != "holm":
             return
-        for i in ids:
+        for i in hids:
             h = self.hypotheses[i]
             if min_wilcoxon_p(h.seeds) * m > h.alpha:
                 raise ValueError(

@@ -153,26 +153,78 @@ def test_insights_follow_ups_and_report(tmp_path):
     assert "1. `planted`: b − a = +0.0" in text and "grid.finer" in text
 
 
+_BROKEN = {"on": True}
+
+
 def _broken(params, seed, ctx):
-    if seed == 3 and ctx.arm == "b":
+    if _BROKEN["on"] and seed == 3 and ctx.arm == "b":
         raise RuntimeError("out of memory (planted)")
-    return {"value": float(seed)}
+    return {"value": float(seed) + (1.0 + 0.1 * seed if ctx.arm == "b" else 0.0)}
 
 
 def test_a_failing_experiment_is_named_and_retried_on_the_next_run(tmp_path):
+    """The same design (same experiment function, same study) run again after a failure:
+    the finished trials are kept with their numbers, only the failed (arm, seed) runs again,
+    and the statistics see all six pairs (b − a = 1.0 … 1.5: better)."""
+    _BROKEN["on"] = True
     register_experiment(Experiment("broken_for_test", _broken, metric="value"), replace=True)
+    try:
+        lab = _lab(tmp_path)
+        lab.register_hypothesis(Hypothesis(name="f", experiment="broken_for_test", seeds=6,
+                                           arms={"a": {}, "b": {}}, control="a"))
+        with pytest.raises(RuntimeError, match="f arm 'b' seed 3: RuntimeError: out of memory"):
+            lab.run()
+        storage = open_storage(lab.storage)
+        study = lab._plans["f"].study
+        before = {t.number: (t.user_attrs["lab_arm"], t.user_attrs["lab_seed"])
+                  for t in optuna.load_study(study_name=study, storage=storage).trials
+                  if t.state.name == "COMPLETE"}
+        assert len(before) == 11 and ("b", 3) not in before.values()
+        _BROKEN["on"] = False
+        lab2 = _lab(tmp_path)
+        lab2.register_hypothesis(lab.hypotheses["f"])
+        r = lab2.run()["f"]
+        assert lab2._plans["f"].study == study  # the same study, not a fresh one
+        after = {t.number: (t.user_attrs["lab_arm"], t.user_attrs["lab_seed"])
+                 for t in optuna.load_study(study_name=study, storage=storage).trials
+                 if t.state.name == "COMPLETE"}
+        assert {k: after[k] for k in before} == before
+        assert sorted(v for k, v in after.items() if k not in before) == [("b", 3)]
+        c = r["comparisons"][0]
+        assert c["n"] == 6 and c["p"] == pytest.approx(2 / 64) and c["verdict"] == "better"
+    finally:
+        EXPERIMENTS.pop("broken_for_test")
+
+
+def test_the_alpha_guard_covers_the_hypotheses_already_in_the_family(tmp_path):
+    """h1 (6 seeds: p ≥ 1/32) passes alone; run h2 next and the family has 2 comparisons, so
+    h1 could no longer reach alpha / 2 and its verdict would be rewritten: refused."""
     lab = _lab(tmp_path)
-    lab.register_hypothesis(Hypothesis(name="f", experiment="broken_for_test", seeds=6,
-                                       arms={"a": {}, "b": {}}, control="a"))
-    with pytest.raises(RuntimeError, match="f arm 'b' seed 3: RuntimeError: out of memory"):
-        lab.run()
-    register_experiment(Experiment("broken_for_test", lambda p, s, c: {"value": float(s)},
-                                   metric="value"), replace=True)
-    lab2 = _lab(tmp_path)
-    lab2.register_hypothesis(lab.hypotheses["f"])
-    r = lab2.run()["f"]
-    assert r["comparisons"][0]["n"] == 6 and r["comparisons"][0]["verdict"] == "unreachable"
-    EXPERIMENTS.pop("broken_for_test")
+    lab.register_hypothesis(Hypothesis(name="h1", category="synthetic", seeds=6,
+                                       arms={"a": {}, "b": {"effect": 0.05}}, control="a"))
+    lab.run()
+    lab.register_hypothesis(Hypothesis(name="h2", category="synthetic", seeds=20,
+                                       arms={"a": {}, "b": {"effect": 0.05}}, control="a"))
+    with pytest.raises(ValueError, match="hypothesis 'h1': with 2 comparisons"):
+        lab.run(["h2"])
+
+
+def test_holm_bound_per_comparison_and_the_finer_grid_at_an_edge():
+    """A comparison with fewer non-zero pairs is judged against the bound of its own design
+    under Holm (not min_p · m), and a finer grid at the lower edge never crosses 0."""
+    from morphonet.lab.analysis import _finer, apply_correction
+
+    strong = {"arm": "x", "p": 1.9e-6, "min_p": 2 / 2 ** 20, "lo": 0.1, "hi": 0.3,
+              "effect": 0.2, "n": 20, "g": 2.0, "level": 0.95}
+    small = {"arm": "y", "p": 0.03125, "min_p": 0.03125, "lo": 0.175, "hi": 0.4,
+             "effect": 0.3, "n": 6, "g": 1.5, "level": 0.95}
+    results = [{"hypothesis": "h", "control": "c", "metric": "m", "direction": "maximize",
+                "alpha": 0.05, "min_effect": 0.0, "comparisons": [strong, small]}]
+    apply_correction(results, "holm")
+    assert small["p_adj"] == pytest.approx(0.03125) and small["verdict"] == "better"
+    assert strong["verdict"] == "better"
+    assert min(_finer([0.001, 0.01], 0.001)) > 0 and max(_finer([0.001, 0.01], 0.001)) == 0.01
+    assert _finer([0.02, 0.04], 0.04) == [0.02, 0.03, 0.04, 0.05, 0.06]
 
 
 def test_the_seed_readme_example_runs_as_written(tmp_path, monkeypatch):

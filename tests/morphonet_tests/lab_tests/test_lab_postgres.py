@@ -58,7 +58,8 @@ def test_two_workers_share_a_postgres_study(postgres_url, tmp_path):
     import optuna
 
     h = Hypothesis(name="pg", category="synthetic", seeds=8, arms={"a": {}, "b": {"effect": 0.05}},
-                   control="a", params={"sleep": 0.1})
+                   control="a", params={"sleep": 0.5})  # one worker alone needs 8 s: the
+    # second (a fresh interpreter, ~3 s of CPU to start) always arrives in time to take some
     cfg = LabConfig(results_dir=str(tmp_path / "m1"), storage=postgres_url,
                     max_parallel_experiments=2, verbose=False, n_resamples=2000)
     lab = NeuralArchitectureLab(cfg)
