@@ -19,10 +19,10 @@ import warnings
 
 import torch
 from sklearn.datasets import load_digits
+from structure_net import create_multi_scale_network
 from torch.utils.data import DataLoader, TensorDataset
 
 from morphonet.growth import ExtremaConfig, RouterConfig, SchedulerConfig
-from structure_net import create_multi_scale_network
 
 CANDIDATES = {
     "defaults": {},
