@@ -49,6 +49,7 @@ from .checks import check_instance, check_int, check_real
 from .files import load_torch, save_torch
 
 __all__ = ["Callback", "Hook", "IGNORE_INDEX", "TrainLoop", "accuracy", "batch_ranges",
+           "torch_threads",
            "classification_loss", "count_correct", "evaluate", "probe", "shuffled_batches"]
 
 IGNORE_INDEX = -100  # targets with this value count for nothing (padding of a language model)
@@ -613,3 +614,16 @@ class TrainLoop:
         """Restore from a `save_checkpoint` file (a damaged one raises
         `morphonet.files.CorruptFileError` naming it); returns its epoch."""
         return self.load_state_dict(load_torch(path, "checkpoint"))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``torch.set_num_threads(n)`` inside the block, the caller's count given back after
+    (the experiments run on one thread, so their timings are per-thread figures)."""
+    n = check_int("n", n, 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

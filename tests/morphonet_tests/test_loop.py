@@ -270,3 +270,18 @@ def test_transform_batch_after_backward_and_autocast():
     assert rec["train_acc"] is None  # mixed targets: no accuracy to count
     with pytest.raises(ValueError, match="autocast"):
         TrainLoop(model, torch.optim.SGD(model.parameters(), lr=0.5), autocast=torch.float64)
+
+
+def test_torch_threads_sets_and_gives_back_even_on_error():
+    from morphonet.loop import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n"):
+        with torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before

@@ -32,6 +32,11 @@ def _autoplastic(args: argparse.Namespace) -> int:
     if args.latency:
         from .experiment import remeasure_latency
 
+        if not Path(cfg.out_dir, "results.json").exists():
+            print(f"--latency: no results.json in {cfg.out_dir}/ (run morpho autoplastic "
+                  "first)", file=sys.stderr)
+            return 2
+
         remeasure_latency(cfg, log=None if args.no_progress else print)
         print(Path(cfg.out_dir, "table.md").read_text())
         return 0

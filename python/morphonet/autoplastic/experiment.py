@@ -38,7 +38,7 @@ from .. import stats
 from ..config import Config, ints, names, one_of, setting
 from ..data import load_dataset
 from ..files import append_record, atomic_write, read_json, read_records, write_json
-from ..loop import evaluate
+from ..loop import evaluate, torch_threads
 from .config import GATE_KINDS, NetConfig, TrainConfig
 from .export import export_static, measure_latency, reinitialise
 from .hooks import format_epoch
@@ -263,12 +263,8 @@ def run_experiment(cfg: AutoplasticExperimentConfig, progress: bool = True,
     ``results.json``, ``table.md``, ``gates_<dataset>.png``, ``tradeoff.png`` and
     ``epoch_log_<dataset>.txt`` (the seed's per-epoch log of the first seed's learned run)
     under ``cfg.out_dir``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(cfg.validate(), progress, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _bar(total: int, progress: bool, desc: str):
@@ -522,12 +518,8 @@ def run_tune(cfg: AutoplasticExperimentConfig, progress: bool = True,
     accurate pair on validation among those that remove something (mean FLOPs ratio ≤ 0.9),
     else the most accurate. Writes ``tune.json`` and ``tune.md``; the rows of datasets not
     tuned this time are kept from an earlier ``tune.json``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _tune(cfg.validate(), progress, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _tune(cfg: AutoplasticExperimentConfig, progress: bool,

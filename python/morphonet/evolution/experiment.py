@@ -29,7 +29,7 @@ import torch
 from ..config import Config, int_dict, int_list, ints, names, reals, setting
 from ..data import load_dataset
 from ..files import atomic_write, write_json
-from ..loop import evaluate
+from ..loop import evaluate, torch_threads
 from ..stats import interval, paired
 from .adaptive_lr import ExponentialBackoffScheduler
 from .analyzers import SimpleInformationFlowAnalyzer, StandardExtremaAnalyzer
@@ -184,9 +184,7 @@ def run_evolve_experiment(cfg: EvolveExperimentConfig, progress: bool = True,
     caller's count is given back)."""
     from ..growth.experiment import run_peer, run_structure
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _warm_up()
         os.makedirs(cfg.out_dir, exist_ok=True)
         gcfg = _grow_config(cfg)
@@ -225,8 +223,6 @@ def run_evolve_experiment(cfg: EvolveExperimentConfig, progress: bool = True,
         atomic_write(os.path.join(cfg.out_dir, "table.md"), format_table(res).encode())
         plot_timeline(runs, os.path.join(cfg.out_dir, "timeline.png"))
         return res
-    finally:
-        torch.set_num_threads(threads)
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -30,7 +30,7 @@ from ..checks import check_device
 from ..config import Config, int_dict, int_list, ints, names, one_of, reals, setting
 from ..data import load_dataset
 from ..files import atomic_write, write_json
-from ..loop import accuracy, shuffled_batches
+from ..loop import accuracy, shuffled_batches, torch_threads
 from .extrema import EXTREMA_ACTIVATIONS, ExtremaConfig
 from .peers import SparsePeer, make_peer_network, train_peer_epoch
 from .router import RouterConfig
@@ -204,12 +204,8 @@ def run_grow_experiment(cfg: GrowExperimentConfig, progress: bool = True,
 
     Runs on one torch thread (the timings it records are per-thread figures) and gives the
     caller's thread count back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run_grow_experiment(cfg, progress, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,

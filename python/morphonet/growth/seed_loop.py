@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..checks import check_int
 from ..data import load_dataset, train_val_test_split
 from ..files import atomic_write, write_json
-from ..loop import accuracy
+from ..loop import accuracy, torch_threads
 from .trainer import create_multi_scale_network
 
 SCALINGS = ("unit", "standardised")
@@ -85,9 +85,7 @@ def run_seed_loop(out_dir: str = "results/grow", seeds: int = 5, epochs: int = 5
     """Every scaling × seed; writes ``seed_loop.json`` and ``seed_loop.md`` under
     ``out_dir``; returns the results (one torch thread, as ``morpho grow``)."""
     check_int("seeds", seeds, 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         runs = []
         for scaling in SCALINGS:
             for seed in range(seeds):
@@ -97,8 +95,6 @@ def run_seed_loop(out_dir: str = "results/grow", seeds: int = 5, epochs: int = 5
                     log(f"[{scaling} s{seed}] {r['growth_events']} growth events at epochs "
                         f"{r['event_epochs']}, connectivity {100 * r['connectivity']:.2f}%, "
                         f"test {100 * r['test_acc']:.1f}%")
-    finally:
-        torch.set_num_threads(threads)
     res = {"seeds": seeds, "epochs": epochs, "batch_size": batch_size, "runs": runs,
            "summary": summarise_seed_loop(runs)}
     os.makedirs(out_dir, exist_ok=True)

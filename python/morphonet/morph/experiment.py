@@ -52,7 +52,7 @@ from ..checks import check_device, resolve_device
 from ..config import Config, int_dict, ints, names, real_list, reals, setting
 from ..data import load_dataset
 from ..files import append_record, atomic_write, read_records, write_json
-from ..loop import Hook, TrainLoop, accuracy
+from ..loop import Hook, TrainLoop, accuracy, torch_threads
 from ..stats import interval, paired
 from .api import expand_widths
 from .graph import trace
@@ -349,12 +349,8 @@ def run_morph_experiment(cfg: MorphExperimentConfig,
         log(f"note: torch-pruning is not installed: {', '.join(skipped)} skipped "
             f"(pip install torch-pruning)")
     runner = _Runner(cfg, log)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these models are tiny: one thread, timings comparable
-    try:
+    with torch_threads(1):
         _run(cfg, runner, methods, done, partial, log)
-    finally:
-        torch.set_num_threads(threads)
     runs = [done[k] for k in sorted(done, key=str)]
     return render(cfg, runs, skipped)
 
@@ -432,9 +428,7 @@ def remeasure_latency(cfg: MorphExperimentConfig, runs: list[dict],
     finals = sorted((r for r in runs if r["phase"] == "final" and _key(r) not in done
                      and (ratios is None or r["ratio"] in ratios)), key=lambda r: str(_key(r)))
     examples: dict[str, torch.Tensor] = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for i, r in enumerate(finals):
             ref = build(r["task"], width=cfg.width)
             if r["task"] not in examples:
@@ -452,8 +446,6 @@ def remeasure_latency(cfg: MorphExperimentConfig, runs: list[dict],
                                  "latency": latency, "base_latency": base_latency})
             log(f"[latency {i + 1}/{len(finals)}] {r['task']} seed {r['seed']} {r['method']} "
                 f"at {r['ratio']:g}×: {base_latency / latency:.2f}× the full model")
-    finally:
-        torch.set_num_threads(threads)
     return len(finals)
 
 

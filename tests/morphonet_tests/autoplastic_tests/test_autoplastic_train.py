@@ -192,6 +192,8 @@ def test_the_experiment_runs_from_the_cli_and_continues_after_a_kill(tmp_path, c
 
     argv = ["autoplastic", "--quick", "--datasets", "digits", "--seeds", "1", "--epochs", "1",
             "--out", str(tmp_path), "--no-progress"]
+    assert morpho(argv + ["--latency"]) == 2  # nothing recorded yet: said, not a traceback
+    assert "no results.json" in capsys.readouterr().err
     assert morpho(argv) == 0
     first = read_json(tmp_path / "results.json")
     assert [r["method"] for r in first["runs"]] == ["full", "learned", "rules", "static"]
