@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_fraction, check_int
+from ..distributed import group_mean, resolve_group
 from ..formats import BlockSparseLayout, check_block_size
 from ..ops.block_sparse_linear import apply_block_sparse
 
@@ -228,38 +229,11 @@ class BlockSparseLinear(nn.Module):
 
 def _regrow_group(group):
     """The process group a regrow agrees over, or None for a rank-local regrow (see
-    `BlockSparseLinear.regrow`)."""
-    import torch.distributed as dist
-
-    initialised = dist.is_available() and dist.is_initialized()
-    if isinstance(group, str):
-        if group != "auto":
-            raise ValueError(f"group must be a process group, None or 'auto', got {group!r}")
-        if initialised and dist.get_world_size() > 1:
-            raise RuntimeError(
-                f"torch.distributed is initialised with {dist.get_world_size()} ranks: pass "
-                "group=torch.distributed.group.WORLD (or the data-parallel group) so that every "
-                "replica regrows the same blocks, or group=None for a layer that is not "
-                "replicated (rank-local layout)")
-        return None
-    if group is None:
-        return None
-    if not initialised:
-        raise RuntimeError("group= was given but torch.distributed is not initialised")
-    if dist.get_rank(group) < 0:
-        raise ValueError(f"this rank ({dist.get_rank()}) is not a member of the group given: "
-                         "call regrow with group= only on the group's ranks")
-    return group if dist.get_world_size(group) > 1 else None
+    `BlockSparseLinear.regrow`; the rule lives in `morpho_kernels.distributed`)."""
+    return resolve_group(group, "regrow", "blocks")
 
 
-def _group_mean(t: Tensor, group, device: torch.device) -> Tensor:
-    """fp32 (fp64) copy of ``t`` on ``device``, averaged over the ranks of ``group``."""
-    import torch.distributed as dist
-
-    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-    out = t.detach().to(device=device, dtype=dtype, copy=True)
-    dist.all_reduce(out, group=group)
-    return out.div_(dist.get_world_size(group))
+_group_mean = group_mean  # (the name this module used before the helpers moved)
 
 
 class GraphedRegrow:
