@@ -27,6 +27,7 @@ This module imports no op module (the ops import it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional, Union
 
 import torch
@@ -231,30 +232,48 @@ class BlockSparseLayout:
     # ------------------------------------------------------------------ structure change
 
     def regrow(self, values: Tensor, drop: int, grow_scores: Tensor,
-               drop_scores: Optional[Tensor] = None) -> Tensor:
+               drop_scores: Optional[Tensor] = None, *,
+               also_zero: Sequence[Tensor] = ()) -> Tensor:
         """Drop `drop` live blocks and grow as many dead ones, in place, at constant capacity.
 
         Dropped: the live blocks of smallest `drop_scores` (default: L2 norm of their values).
         Grown: the dead blocks (before this call) of highest `grow_scores` (out/b, in/b); their
-        slots are the dropped ones and their values are set to zero. NaN scores rank lowest. No
-        host synchronisation. Returns the (drop,) int64 slots that changed, for optimizer-state
-        resets (see `morpho_kernels.nn.BlockSparseLinear.regrow`).
+        slots are the dropped ones, in rank order (the i-th dropped slot takes the i-th grown
+        block), and their values are set to zero, as are those of every tensor in `also_zero`
+        (optimizer moments shaped like `values`). NaN scores rank lowest; equal scores go to the
+        lower slot / lower block index (row-major). No host synchronisation. Returns the
+        (drop,) int64 slots that changed.
+
+        Backends (`morpho_kernels.ops.regrow.DISPATCH`): on CUDA three Triton kernels (slot
+        norms; both selections and the index rebuild in one program; the zeroing), on CPU the
+        ATen reference (`_regrow_reference`); both give the same result bit for bit.
         """
-        drop = self.check_regrow(values, drop, grow_scores, drop_scores)
-        nbr, nbc = self.grid
+        drop = self.check_regrow(values, drop, grow_scores, drop_scores, also_zero)
         if drop == 0:
             return torch.empty(0, dtype=torch.int64, device=self.device)
+        from .ops.regrow import regrow_layout  # the dispatcher (ops import formats, not back)
+
+        return regrow_layout(self, values, drop, grow_scores, drop_scores, tuple(also_zero))
+
+    def _regrow_reference(self, values: Tensor, drop: int, grow_scores: Tensor,
+                          drop_scores: Optional[Tensor], also_zero: Sequence[Tensor]) -> Tensor:
+        """`regrow` in ATen ops (the CPU path and the oracle of the Triton one); arguments
+        already checked, drop > 0."""
+        nbr, nbc = self.grid
         with torch.no_grad():
             if drop_scores is None:  # one reduction kernel, fp32 (fp64) accumulation
                 drop_scores = self.block_norms(values)
-            slots = torch.topk(_finite(drop_scores.float()), drop, largest=False).indices
+            # stable sorts, not topk: topk orders equal scores arbitrarily (on CPU it picks
+            # neither the lowest nor the highest index), so ties would differ by backend
+            slots = torch.sort(_finite(drop_scores.float()), stable=True).indices[:drop]
             keys = self.rows.long() * nbc + self.cols.long()
             scores = _finite(grow_scores.detach().float().flatten().to(self.device))
             scores.index_fill_(0, keys, float("-inf"))  # live blocks never win over dead ones
-            grown = torch.topk(scores, drop).indices
+            grown = torch.sort(scores, descending=True, stable=True).indices[:drop]
             self.rows.index_copy_(0, slots, (grown // nbc).to(torch.int32))
             self.cols.index_copy_(0, slots, (grown % nbc).to(torch.int32))
-            values.index_fill_(0, slots, 0)
+            for t in (values, *also_zero):
+                t.index_fill_(0, slots, 0)
             self.rebuild()
         return slots
 
@@ -267,7 +286,8 @@ class BlockSparseLayout:
             return torch.linalg.vector_norm(values, dim=(1, 2), dtype=acc)
 
     def check_regrow(self, values: Tensor, drop: int, grow_scores: Tensor,
-                     drop_scores: Optional[Tensor] = None) -> int:
+                     drop_scores: Optional[Tensor] = None,
+                     also_zero: Sequence[Tensor] = ()) -> int:
         """Raise the error `regrow` would raise for these arguments, changing nothing (callers
         that must fail before a collective, e.g. a distributed regrow, check first); returns
         ``drop`` as an int."""
@@ -284,14 +304,19 @@ class BlockSparseLayout:
         if drop_scores is not None and (not isinstance(drop_scores, Tensor)
                                         or drop_scores.shape != (self.capacity,)):
             raise ValueError(f"drop_scores must be a tensor of shape ({self.capacity},)")
+        for i, t in enumerate(also_zero):
+            if (not isinstance(t, Tensor) or t.shape != values.shape
+                    or t.device != values.device):
+                raise ValueError(f"also_zero[{i}] must be a tensor shaped like values "
+                                 f"{tuple(values.shape)} on {values.device}")
         return drop
 
 
 def _finite(s: Tensor) -> Tensor:
-    """Scores with ±inf clamped into the finite range and NaN lowest (dropped first, grown
-    last)."""
+    """Scores with ±inf clamped into the finite range, NaN lowest (dropped first, grown last)
+    and -0.0 as +0.0 (a radix sort would order the two zeros; the Triton regrow does not)."""
     fi = torch.finfo(s.dtype)
-    return torch.nan_to_num(s, nan=fi.min, posinf=fi.max, neginf=fi.min)
+    return torch.nan_to_num(s, nan=fi.min, posinf=fi.max, neginf=fi.min).add_(0.0)
 
 
 def as_layout(obj: Union[BlockSparseLayout, object]) -> BlockSparseLayout:
