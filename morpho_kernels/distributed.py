@@ -88,10 +88,10 @@ def group_all_equal(t: Tensor, group: Any) -> bool:
     """Whether every rank of ``group`` holds the same ``t`` (shape and values, NaN equal to
     NaN): two reductions (max and min) of its length, then of its bits. The answer is the same
     on every rank."""
-    n = torch.tensor([t.numel()], dtype=torch.int64)
+    n = torch.tensor([t.numel()], dtype=torch.int64, device=t.device)  # (NCCL: on the GPU)
     if not torch.equal(group_reduce(n, group, "max"), group_reduce(n, group, "min")):
         return False
-    flat = t.detach().reshape(-1).cpu()
+    flat = t.detach().reshape(-1)
     if flat.is_floating_point():  # compare bit patterns: -0.0 / 0.0 and NaNs exactly
         flat = flat.double().view(torch.int64)
     else:

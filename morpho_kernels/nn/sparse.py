@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_fraction, check_int, check_real
+from ..distributed import group_all_equal, group_mean, resolve_group
 from ..formats import EdgeList
 from ..ops.edges import EdgeUpdate, InsertReport, insert_connections, remove_connections
 from ..ops.sparse_linear import dense_grad_at, sparse_linear
@@ -199,7 +200,8 @@ class SparseLinear(nn.Module):
 
     def grow(self, src: Tensor, dst: Tensor, init_values: Union[Tensor, float] = 0.0,
              max_fan_in: Optional[int] = None, max_fan_out: Optional[int] = None,
-             optimizer: Optional[torch.optim.Optimizer] = None) -> InsertReport:
+             optimizer: Optional[torch.optim.Optimizer] = None, *,
+             group: Any = "auto") -> InsertReport:
         """Insert connections src → dst (see morpho_kernels.insert_connections); values, their
         gradient and the optimizer's per-value state (Adam/AdamW moments, SGD momentum) move
         with their edges, new slots start at ``init_values`` with zero state.
@@ -210,7 +212,17 @@ class SparseLinear(nn.Module):
         moved along): pass the optimizer that holds ``values``, or it keeps training the old
         tensor. A graph built on the old values (the previous step's ``loss``, still held) is
         left on the old Parameter, so the next step's backward works.
+
+        ``group`` (data-parallel replicas, `morpho_kernels.distributed.resolve_group`): a
+        process group checks that every rank of it grows the same connections with the same
+        values (a ``RuntimeError`` on every rank, before anything changes, when they differ:
+        the choice must come from scores reduced over the group, as `grow_top` does); None:
+        rank-local, no check; "auto" (default): None without torch.distributed, an error with
+        more than one rank.
         """
+        group = resolve_group(group, "grow", "connections")
+        if group is not None:
+            _check_same_growth(src, dst, init_values, group)
         if isinstance(init_values, Tensor):
             init_values = init_values.to(self.values.dtype)
         e = self.edges
@@ -221,6 +233,46 @@ class SparseLinear(nn.Module):
                                  values=self.values.detach())
         self._apply_update(upd, optimizer)
         return upd.report
+
+    def grow_top(self, k: int, scores: Optional[Tensor] = None, *,
+                 init_values: Union[Tensor, float] = 0.0, max_fan_in: Optional[int] = None,
+                 max_fan_out: Optional[int] = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None,
+                 group: Any = "auto") -> InsertReport:
+        """Grow the ``k`` absent connections with the largest scores (fewer when fewer are
+        absent); ties go to the lower (dst, src) position. ``scores``: an (out_features,
+        in_features) tensor, or None for RigL's |∂L/∂W| at the absent connections from the last
+        forward and backward (``keep_for_growth``). The rest as `grow`.
+
+        ``group`` (data-parallel replicas, `morpho_kernels.distributed.resolve_group`): the
+        scores (the signed gradient, before its magnitude is taken: the gradient of the global
+        batch) are averaged over the group's ranks before ranking, so every rank grows the same
+        connections; every rank of the group must call. None: rank-local; "auto" (default):
+        None without torch.distributed, an error with more than one rank.
+        """
+        group = resolve_group(group, "grow", "connections")
+        k = check_int("k", k, 0)
+        shape = (self.out_features, self.in_features)
+        absent = self.edges.to_dense() == 0  # (out, in)
+        dst, src = absent.nonzero(as_tuple=True)
+        if scores is None:
+            if self._x is None or self._dy is None:
+                raise RuntimeError("grow_top without scores needs keep_for_growth = True and a "
+                                   "forward and backward pass first")
+            score = dense_grad_at(self._x, self._dy, src, dst).float()  # (absent,)
+        else:
+            if not isinstance(scores, Tensor) or tuple(scores.shape) != shape:
+                got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+                raise ValueError(f"scores must be a tensor of shape {shape}, got {got}")
+            score = scores.detach()[dst, src].float()
+        if group is not None:  # every rank ranks the same numbers
+            score = group_mean(score, group)
+        if scores is None:
+            score = score.abs()
+        # stable: equal scores keep the (dst, src) order of nonzero, so ties agree on every rank
+        pick = torch.argsort(score, descending=True, stable=True)[:min(k, score.numel())]
+        return self.grow(src[pick], dst[pick], init_values, max_fan_in, max_fan_out, optimizer,
+                         group=None)
 
     def prune(self, mask_or_indices: Tensor,
               optimizer: Optional[torch.optim.Optimizer] = None) -> int:
@@ -236,6 +288,20 @@ class SparseLinear(nn.Module):
             raise RuntimeError("dense_grad_at needs keep_for_growth = True and a forward and "
                                "backward pass first")
         return dense_grad_at(self._x, self._dy, src, dst)
+
+
+def _check_same_growth(src, dst, init_values, group) -> None:
+    """RuntimeError (on every rank alike) unless every rank of ``group`` passes the same
+    connections and initial values to `SparseLinear.grow`."""
+    parts = {"src": torch.as_tensor(src), "dst": torch.as_tensor(dst),
+             "init_values": torch.as_tensor(init_values)}
+    differ = [name for name, t in parts.items() if not group_all_equal(t, group)]
+    if differ:
+        raise RuntimeError(
+            f"SparseLinear.grow with group=: the ranks pass different {', '.join(differ)}, so "
+            "the replicas would grow different connections; rank scores reduced over the "
+            "group (e.g. grow_top(k, group=...)), or pass group=None for a layer that is not "
+            "replicated")
 
 
 def _remap_state(state: Optional[dict], upd: EdgeUpdate, old_capacity: int) -> None:

@@ -43,13 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from morpho_kernels.distributed import resolve_group
 from morpho_kernels.nn import mask_parameters
 
 from .checks import check_instance, check_int, check_real
 from .files import load_torch, save_torch
 
-__all__ = ["Callback", "Hook", "IGNORE_INDEX", "TrainLoop", "accuracy", "batch_ranges",
-           "torch_threads",
+__all__ = ["Callback", "DataParallel", "Hook", "IGNORE_INDEX", "TrainLoop", "accuracy",
+           "batch_ranges", "rank_shard", "torch_threads",
            "classification_loss", "count_correct", "evaluate", "probe", "shuffled_batches"]
 
 IGNORE_INDEX = -100  # targets with this value count for nothing (padding of a language model)
@@ -254,6 +255,93 @@ class Callback(Hook):
 
     def on_epoch_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
         self.fn(record)
+
+
+class DataParallel(Hook):
+    """Data-parallel training over a ``torch.distributed`` process group, as a hook: every
+    rank trains on its own batches (e.g. its `rank_shard` of the data) and the replicas stay
+    one model. Put it first in the loop's hooks.
+
+    - `on_fit_start`: every parameter and buffer is broadcast from the group's first rank
+      (as DDP's constructor does), so replicas start equal (before a resume, which then loads
+      the same state on every rank);
+    - `after_backward`: every gradient is averaged over the group (one flat all-reduce per
+      step), before clipping, the optimizer steps and any hook that reads gradients, so every
+      rank takes the same step;
+    - `on_train_end`: the epoch's training loss (and accuracy) become the group's means, and
+      floating buffers (batch-norm statistics) the group's mean, so records, validation and
+      structure decisions agree on every rank.
+
+    Unlike ``DistributedDataParallel``, nothing is bucketed at construction, so a structure
+    change that swaps or resizes a parameter (growth past a capacity) needs no rebuild. The
+    structure decisions themselves must also agree: pass the same group to them (their
+    ``group=`` argument), so their scores are reduced before ranking. ``group``: a process
+    group (``torch.distributed.group.WORLD``), or None (a single process: the hook does
+    nothing); "auto" follows `morpho_kernels.distributed.resolve_group`.
+    """
+
+    def __init__(self, group: Any = "auto"):
+        self.group = resolve_group(group, "train", "steps")
+
+    def _flat(self, tensors: list[Tensor], op: str) -> None:
+        """All-reduce ``tensors`` in place as one flat buffer (``op``: "mean" or "src",
+        the broadcast of the group's first rank)."""
+        import torch.distributed as dist
+
+        if not tensors:
+            return
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64 if t.dtype == torch.float64
+                                                     else torch.float32) for t in tensors])
+        if op == "src":
+            dist.broadcast(flat, dist.get_global_rank(self.group, 0), group=self.group)
+        else:
+            dist.all_reduce(flat, group=self.group)
+            flat.div_(dist.get_world_size(self.group))
+        i = 0
+        with torch.no_grad():
+            for t in tensors:
+                t.copy_(flat[i:i + t.numel()].view_as(t))
+                i += t.numel()
+
+    def on_fit_start(self, loop: TrainLoop) -> None:
+        if self.group is None:
+            return
+        import torch.distributed as dist
+
+        m = loop.model
+        self._flat([p.data for p in m.parameters() if p.is_floating_point()], "src")
+        for b in m.buffers():  # integer and bool buffers (structure) too, in their own dtype
+            if b.numel():
+                dist.broadcast(b.data, dist.get_global_rank(self.group, 0), group=self.group)
+
+    def after_backward(self, loop: TrainLoop) -> None:
+        if self.group is not None:  # the same parameters have gradients on every rank
+            self._flat([p.grad for p in loop.model.parameters() if p.grad is not None], "mean")
+
+    def on_train_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
+        if self.group is None:
+            return
+        keys = [k for k in ("loss", "train_acc") if record.get(k) is not None]
+        vals = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64)
+        self._flat([vals], "mean")
+        record.update(zip(keys, vals.tolist()))
+        self._flat([b for b in loop.model.buffers() if b.is_floating_point()], "mean")
+
+
+def rank_shard(x: Tensor, y: Tensor, group: Any) -> tuple[Tensor, Tensor]:
+    """This rank's share of (x, y) for data-parallel training over ``group``: rows
+    ``rank, rank + world, ...``, every rank the same number (⌊n / world⌋; the last few rows
+    left out), so every rank takes the same number of steps (a rank with one step more would
+    wait for the others' gradients forever). ``group=None``: (x, y) unchanged."""
+    if group is None:
+        return x, y
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    n = x.shape[0] // world
+    if n == 0:
+        raise ValueError(f"x has {x.shape[0]} rows: too few for {world} ranks")
+    return x[rank::world][:n], y[rank::world][:n]
 
 
 # ---------------------------------------------------------------------------- the loop

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from morpho_kernels import ExtremaStats, extrema_stats
+from morpho_kernels.distributed import group_reduce
 
 from ..checks import check_choice, check_instance
 from ..config import Config, fraction, ints, one_of, reals, setting
@@ -180,10 +181,12 @@ class ExtremaDetector:
     def __len__(self) -> int:
         return len(self.window)
 
-    def combined(self) -> list[ExtremaStats]:
+    def combined(self, group: Any = None) -> list[ExtremaStats]:
         """The window's statistics per layer: the batches merged as extrema_stats.combine does
         (counts add, count-weighted mean, min of mins, max of maxes), vectorised over the
-        window."""
+        window; with a process ``group`` (data-parallel replicas, each with its own batches),
+        then merged the same way over the group's ranks, so every rank gets the same
+        statistics (every rank must call)."""
         if not self.window:
             raise RuntimeError("no batches in the window: call update() first")
         merged = []
@@ -198,6 +201,8 @@ class ExtremaDetector:
                 ((mean * cnt[:, None].double()).sum(0) / n.clamp(min=1)).float(),
                 torch.stack([p.min for p in parts]).amin(0),
                 torch.stack([p.max for p in parts]).amax(0), n))
+        if group is not None:
+            merged = [_merge_ranks(st, group) for st in merged]
         if len(merged) == 2:  # no hidden layers
             return merged
         out, off = [merged[0]], 0
@@ -206,9 +211,11 @@ class ExtremaDetector:
             off += w
         return out + [merged[2]]
 
-    def report(self, active: Optional[list[Tensor]] = None) -> list[LayerExtrema]:
-        """Verdicts per layer; ``active[j]`` (bool) restricts them to the active neurons."""
-        stats = self.combined()
+    def report(self, active: Optional[list[Tensor]] = None,
+               group: Any = None) -> list[LayerExtrema]:
+        """Verdicts per layer; ``active[j]`` (bool) restricts them to the active neurons;
+        ``group``: the statistics merged over a process group first (`combined`)."""
+        stats = self.combined(group)
         kinds = self.kinds(len(stats) - 1)
         out = []
         for j, (st, kind) in enumerate(zip(stats, kinds)):
@@ -247,3 +254,14 @@ class ExtremaDetector:
             cut = torch.quantile(rng[rest], c.quiet_quantile)
             quiet |= rest & (rng <= cut)
         return LayerExtrema(high, low, quiet, hi_share, lo_share, st.mean, rng)
+
+
+def _merge_ranks(st: ExtremaStats, group: Any) -> ExtremaStats:
+    """``st`` merged over the ranks of ``group`` as the window merges batches: counts add,
+    count-weighted mean (in fp64), min of mins, max of maxes."""
+    n = group_reduce(st.count, group, "sum")
+    wsum = group_reduce(st.mean.double() * st.count.double(), group, "sum")  # (fp64 stays)
+    return ExtremaStats(group_reduce(st.below, group, "sum"), group_reduce(st.above, group, "sum"),
+                        (wsum / n.clamp(min=1).double()).float(),
+                        group_reduce(st.min, group, "min").to(st.min.dtype),
+                        group_reduce(st.max, group, "max").to(st.max.dtype), n)

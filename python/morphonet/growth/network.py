@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -269,19 +269,23 @@ class MinimalNetwork(nn.Module):
     # -- structural edits (keep a live optimizer consistent: pass it)
     def add_connections(self, i: int, j: int, src: Tensor, dst: Tensor,
                         values: Tensor | float = 0.0,
-                        optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+                        optimizer: Optional[torch.optim.Optimizer] = None, *,
+                        group: Any = "auto") -> int:
         """Insert edges src (layer i) → dst (layer j); returns how many were new. Values and the
-        optimizer's per-edge state move with their edges (SparseLinear.grow)."""
+        optimizer's per-edge state move with their edges (SparseLinear.grow, whose ``group``
+        rule applies: data-parallel replicas pass their process group)."""
         lay = self.layer(i, j)
         for name, t, lim in (("src", src, i), ("dst", dst, j)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a tensor of neuron indices")
             if t.numel() and not bool(self.active(lim)[t.long()].all()):
                 raise ValueError(f"{name} names an inactive neuron slot of layer {lim}")
-        return lay.grow(src.long(), dst.long(), values, optimizer=optimizer).inserted
+        return lay.grow(src.long(), dst.long(), values, optimizer=optimizer,
+                        group=group).inserted
 
     def clone_neuron(self, j: int, parent: int, scale: float = 0.7,
-                     optimizer: Optional[torch.optim.Optimizer] = None) -> int:
+                     optimizer: Optional[torch.optim.Optimizer] = None, *,
+                     group: Any = "auto") -> int:
         """Vertical cloning: activate a free slot of hidden layer j as a copy of neuron
         ``parent`` (same layer) that leaves the network's function unchanged.
 
@@ -290,7 +294,8 @@ class MinimalNetwork(nn.Module):
         Σ out = w, so every downstream pre-activation is unchanged (up to one rounding). The
         optimizer's state of the parent's bias slot is not copied: the clone starts with zero
         moments, which (with its different outgoing weights) breaks the symmetry. Returns the
-        new neuron's index; raises ValueError when the layer has no free slot.
+        new neuron's index; raises ValueError when the layer has no free slot. ``group``: as
+        `SparseLinear.grow` (data-parallel replicas pass their process group).
         """
         if not 0 < j < self.n_layers:
             raise ValueError(f"j must name a hidden layer (1..{self.n_layers - 1}), got {j}")
@@ -309,7 +314,7 @@ class MinimalNetwork(nn.Module):
             if b > a:
                 src = lay.col[a:b].clone()
                 lay.grow(src, torch.full_like(src, k), lay.values.detach()[a:b].clone(),
-                         optimizer=optimizer)
+                         optimizer=optimizer, group=group)
         with torch.no_grad():
             bias = self.layer(j - 1, j).bias
             bias[k] = bias[parent]
@@ -323,7 +328,8 @@ class MinimalNetwork(nn.Module):
             sel = (src == parent).nonzero().flatten()
             if sel.numel():
                 w = lay.values.detach()[sel].clone()
-                lay.grow(torch.full_like(sel, k), dst[sel], w * scale, optimizer=optimizer)
+                lay.grow(torch.full_like(sel, k), dst[sel], w * scale, optimizer=optimizer,
+                         group=group)
                 src2, dst2 = lay.edges.to_coo()
                 slots = (src2 == parent).nonzero().flatten()  # same dst order as before
                 with torch.no_grad():

@@ -56,10 +56,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
+
+from morpho_kernels.distributed import group_mean, group_reduce, resolve_group
 
 from ..checks import check_choice, check_instance, check_int
 from ..config import Config, flag, fraction, int_list, ints, reals, setting
@@ -132,12 +134,15 @@ class ConnectionRouter:
 
     # -- planning
     def plan(self, net: MinimalNetwork, extrema: list[LayerExtrema],
-             max_structures: int, phase: str = "fine") -> list[Structure]:
+             max_structures: int, phase: str = "fine", group: Any = None) -> list[Structure]:
         """Structures for one growth event (clones first, then routed groups), at most
         ``max_structures``; a routed structure bundles up to ``bundle`` sources (of any layers),
         ``bundle`` being the config's entry for ``phase`` (coarse / medium / fine). Uses
         ``net.activations`` / ``net.pre_grads`` of the last scored batch for the gradient
-        ranking when present."""
+        ranking when present. ``group``: a process group of data-parallel replicas: the
+        gradients and the live flags are reduced over it before anything is ranked, so with
+        ``extrema`` merged over the same group (`ExtremaDetector.report`) and the router's
+        generator seeded alike, every rank plans the same structures (every rank must call)."""
         check_instance("net", net, MinimalNetwork)
         if len(extrema) != net.n_layers + 1:
             raise ValueError(f"extrema must have one entry per layer ({net.n_layers + 1}), got "
@@ -145,7 +150,7 @@ class ConnectionRouter:
         check_int("max_structures", max_structures, 0)
         bundle = self.config.bundle[_PHASE_INDEX[check_choice("phase", phase, PHASES)]]
         out = self._plan_clones(net, extrema, max_structures)
-        return out + self._plan_routes(net, extrema, max_structures - len(out), bundle)
+        return out + self._plan_routes(net, extrema, max_structures - len(out), bundle, group)
 
     def _plan_clones(self, net, extrema, budget) -> list[Structure]:
         c, cands = self.config, []
@@ -168,12 +173,13 @@ class ConnectionRouter:
                 out.append(Structure("clone", (j, n)))
         return out
 
-    def _plan_routes(self, net, extrema, budget, bundle: int = 1) -> list[Structure]:
+    def _plan_routes(self, net, extrema, budget, bundle: int = 1,
+                     group: Any = None) -> list[Structure]:
         """Routed structures, sources in random order; a structure holds up to ``bundle``
         sources (1: each source is its own structure)."""
         if budget <= 0:
             return []
-        ts = _TargetSpace(net, extrema, self.config.radius, self.config.max_incoming)
+        ts = _TargetSpace(net, extrema, self.config.radius, self.config.max_incoming, group)
         L = net.n_layers
         sources = [(i, n) for i in range(L) for n in extrema[i].high.nonzero().flatten().tolist()]
         perm = torch.randperm(len(sources), generator=self.gen).tolist()
@@ -291,17 +297,19 @@ class ConnectionRouter:
 
     # -- applying
     def apply(self, net: MinimalNetwork, structures: list[Structure],
-              optimizer: Optional[torch.optim.Optimizer] = None) -> dict:
+              optimizer: Optional[torch.optim.Optimizer] = None, group: Any = "auto") -> dict:
         """Insert every planned edge (one grow per layer pair) and clone the planned neurons;
         returns {"connections_added" (every new edge, the clones' included), "neurons_added",
-        "structures"}."""
+        "structures"}. ``group``: `SparseLinear.grow`'s (replicas check they insert the same
+        edges)."""
         groups: dict[tuple[int, int], list] = {}
         neurons = 0
         nnz0 = sum(lay.nnz for lay in net.conn.values())
         for st in structures:
             if st.kind == "clone":
                 j, n = st.source
-                st.clone = (j, net.clone_neuron(j, n, self.config.clone_scale, optimizer))
+                st.clone = (j, net.clone_neuron(j, n, self.config.clone_scale, optimizer,
+                                                group=group))
                 neurons += 1
             for (i, s, j, t, v) in st.edges + st.reciprocal + st.onward:
                 groups.setdefault((i, j), []).append((s, t, v))
@@ -309,18 +317,23 @@ class ConnectionRouter:
             src = torch.tensor([r[0] for r in rows], dtype=torch.long)
             dst = torch.tensor([r[1] for r in rows], dtype=torch.long)
             val = torch.tensor([r[2] for r in rows], dtype=torch.float32)
-            net.add_connections(i, j, src, dst, val, optimizer=optimizer)
+            net.add_connections(i, j, src, dst, val, optimizer=optimizer, group=group)
         added = sum(lay.nnz for lay in net.conn.values()) - nnz0  # routed + the clones' edges
         return {"connections_added": added, "neurons_added": neurons,
                 "structures": len(structures)}
 
     def grow(self, net: MinimalNetwork, extrema: list[LayerExtrema], max_structures: int,
-             optimizer: Optional[torch.optim.Optimizer] = None, phase: str = "fine") -> dict:
+             optimizer: Optional[torch.optim.Optimizer] = None, phase: str = "fine",
+             group: Any = "auto") -> dict:
         """plan + apply; the result also lists the structures under ``"planned"`` and says
         whether the event found nothing to grow (``"exhausted"``: with room in the budget, no
-        clone and no routed structure: no high extremum, or no target with room)."""
-        plan = self.plan(net, extrema, max_structures, phase)
-        res = self.apply(net, plan, optimizer)
+        clone and no routed structure: no high extremum, or no target with room). ``group``
+        (`morpho_kernels.distributed.resolve_group`): data-parallel replicas pass their process
+        group (`plan`), a single process None; "auto" refuses to guess under more than one
+        rank."""
+        group = resolve_group(group, "grow", "connections")
+        plan = self.plan(net, extrema, max_structures, phase, group)
+        res = self.apply(net, plan, optimizer, group)
         res["planned"] = plan
         res["exhausted"] = max_structures > 0 and not plan
         return res
@@ -341,7 +354,7 @@ class _TargetSpace:
     loops over layers (13 ms → ~4 ms per 25-structure event on the digits net)."""
 
     def __init__(self, net: MinimalNetwork, extrema: list[LayerExtrema], radius: int,
-                 max_incoming: int):
+                 max_incoming: int, group: Any = None):
         L, cap, self.net = net.n_layers, net.capacity, net
         self.off = {1: 0}
         for j in range(1, L + 1):
@@ -354,6 +367,8 @@ class _TargetSpace:
         self.live = torch.cat([(dz[j] != 0).any(0) if dz and j in dz and j < L
                                else torch.ones(cap[j], dtype=torch.bool)
                                for j in range(1, L + 1)])
+        if group is not None:  # live on any rank's batch: live (the global batch's gradient)
+            self.live = group_reduce(self.live, group, "max")
         self.max_incoming = max_incoming
         self.new_in = [0] * self.off[L + 1]
         self.room = torch.ones(self.off[L + 1], dtype=torch.bool)
@@ -369,6 +384,9 @@ class _TargetSpace:
             self._last[i] = last
             indeg[self.off[i + 1]:self.off[top + 1]] += self.exists[i].sum(1)
         self._indeg = indeg.tolist()
+        if group is not None:  # every rank ranks the global batch's gradient: all of them now,
+            for i in range(L):  # in one order (collectives), not lazily as routing asks
+                self._g[i] = group_mean(self.grad(i), group)
 
     def last(self, j: int) -> int:
         """Last layer within the radius of layer j."""

@@ -29,8 +29,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from morpho_kernels.distributed import resolve_group
+
 from ..checks import check_instance, check_int, check_int_list
-from ..loop import Hook, TrainLoop, accuracy
+from ..loop import DataParallel, Hook, TrainLoop, accuracy
 from .extrema import ExtremaConfig, ExtremaDetector
 from .network import MinimalNetwork
 from .router import ConnectionRouter, RouterConfig
@@ -136,14 +138,24 @@ class MultiScaleNetwork(nn.Module):
             validation improvement of more than ``snapshots.min_improvement``).
         val_data: optional (x, y) validation tensors: evaluated after every epoch (snapshot
             decisions and the timeline use validation, never training batches).
+        group: data-parallel training (``torch.distributed``, e.g. torchrun): a process group
+            (``torch.distributed.group.WORLD``). Each rank trains on its own batches;
+            `train_epoch` averages the gradients (`morphonet.loop.DataParallel`, so the
+            scheduler sees the same gradient norms everywhere), and each growth event merges
+            the extrema windows and averages the scoring gradients over the group before the
+            router ranks anything, so every rank grows the same structure (build the network
+            and the router with the same seed on every rank; snapshots on one rank only).
+            None: one process; "auto" (default): None without torch.distributed, an error
+            with more than one rank (`morpho_kernels.distributed.resolve_group`).
     """
 
     def __init__(self, network: MinimalNetwork, scheduler: Optional[GrowthScheduler] = None,
                  detector: Optional[ExtremaDetector] = None,
                  router: Optional[ConnectionRouter] = None,
                  snapshots: Optional[SnapshotManager] = None,
-                 val_data: Optional[tuple[Tensor, Tensor]] = None):
+                 val_data: Optional[tuple[Tensor, Tensor]] = None, group: Any = "auto"):
         super().__init__()
+        self.group = resolve_group(group, "grow", "connections")
         check_instance("network", network, MinimalNetwork)
         self.network = network
         # `is None`, not `or`: an ExtremaDetector with an empty window has len() 0, so `or`
@@ -197,9 +209,9 @@ class MultiScaleNetwork(nn.Module):
         """Route, insert and spend credits from the window and the recorded gradients."""
         net = self.network
         self._pending = False
-        rep = self.detector.report(self._active_masks())
+        rep = self.detector.report(self._active_masks(), self.group)
         res = self.router.grow(net, rep, self.scheduler.budget(epoch), optimizer,
-                               phase=self.scheduler.phase(epoch))
+                               phase=self.scheduler.phase(epoch), group=self.group)
         self.scheduler.record_growth(epoch, res["structures"], exhausted=res["exhausted"])
         if res["exhausted"]:
             high = [int(e.high.sum()) for e in rep]
@@ -224,7 +236,9 @@ class MultiScaleNetwork(nn.Module):
         ``connections``, ``val_acc`` (None without val_data), ``val_loss``, ``snapshot`` (id
         or None), ``seconds``, ``bookkeeping_s``, ``phase``, ``credits``.
         """
-        loop = TrainLoop(self, optimizer, loss_fn=criterion, hooks=[self.growth_hook],
+        hooks = ([DataParallel(self.group)] if self.group is not None else []) + [
+            self.growth_hook]
+        loop = TrainLoop(self, optimizer, loss_fn=criterion, hooks=hooks,
                          select=None, track_train_acc=True, merge_single_batch=False)
         return loop.run_epoch(loader, epoch, val=self.val_data)
 
@@ -252,12 +266,14 @@ def create_multi_scale_network(input_size: int, hidden_sizes: Sequence[int], out
                                router: Optional[RouterConfig] = None,
                                snapshot_dir: Optional[str] = None,
                                val_data: Optional[tuple[Tensor, Tensor]] = None,
-                               seed: Optional[int] = None) -> MultiScaleNetwork:
+                               seed: Optional[int] = None,
+                               group: Any = "auto") -> MultiScaleNetwork:
     """The seed's entry point: a MultiScaleNetwork over
     ``MinimalNetwork([input_size, *hidden_sizes, output_size], sparsity, activation)``.
 
     ``sparsity`` is the connected fraction at start (1e-4 = 0.01%). Keyword-only extras:
-    configs of the growth pieces, a snapshot directory, validation data and a seed.
+    configs of the growth pieces, a snapshot directory, validation data, a seed and the
+    data-parallel ``group`` (`MultiScaleNetwork`).
     """
     check_int("input_size", input_size, 1)
     check_int("output_size", output_size, 1)
@@ -268,4 +284,4 @@ def create_multi_scale_network(input_size: int, hidden_sizes: Sequence[int], out
     snaps = SnapshotManager(snapshot_dir) if snapshot_dir is not None else None
     return MultiScaleNetwork(net, GrowthScheduler(scheduler or SchedulerConfig()),
                              ExtremaDetector(activation, extrema),
-                             ConnectionRouter(router, seed=seed), snaps, val_data)
+                             ConnectionRouter(router, seed=seed), snaps, val_data, group)

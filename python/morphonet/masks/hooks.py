@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from torch import Tensor
 
+from morpho_kernels.distributed import resolve_group
 from morpho_kernels.nn import LearnedMask
 
 from ..loop import Hook, TrainLoop
@@ -68,16 +69,19 @@ class EnforceSparsity(Hook):
     (`schedule.enforce_sparsity` with the config's ranking and distribution); the record gets
     ``sparsity`` and ``target``. Only epochs within `TOLERANCE` of ``target_sparsity`` may be
     selected as the best (a model chosen before the schedule finished would not be at the
-    target)."""
+    target). ``group``: a process group under data-parallel training (the unit scores are
+    averaged over it before ranking, so every replica prunes the same units), None for a
+    rank-local decision, "auto" as `morpho_kernels.distributed.resolve_group`."""
 
-    def __init__(self, model: MorphoModel, config: MorphoConfig):
+    def __init__(self, model: MorphoModel, config: MorphoConfig, group: Any = "auto"):
         self.model, self.config = model, config
+        self.group = resolve_group(group, "prune", "units")
 
     def on_train_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
         cfg = self.config
         target = target_sparsity_at(cfg, record["epoch"])
         enforce_sparsity(self.model, target, cfg.prune_score, cfg.sparsity_distribution,
-                         final=max(target, cfg.target_sparsity))
+                         final=max(target, cfg.target_sparsity), group=self.group)
         record["sparsity"], record["target"] = self.model.sparsity(), target
 
     def selectable(self, loop: TrainLoop, record: dict[str, Any]) -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from morpho_kernels.checks import check_choice, check_fraction
+from morpho_kernels.distributed import group_mean, resolve_group
 
 from .config import DISTRIBUTIONS, PRUNE_SCORES, MorphoConfig
 from .models import MorphoModel
@@ -245,7 +246,8 @@ def _fill_by_size(sizes: torch.Tensor, need: float) -> Optional[torch.Tensor]:
 
 @torch.no_grad()
 def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
-                     distribution: str = "global", final: Optional[float] = None) -> int:
+                     distribution: str = "global", final: Optional[float] = None, *,
+                     group: Any = "auto") -> int:
     """Hard-prune the live mask units with the smallest score (`unit_scores`: the mask value
     σ(M/T), or the saliency) until the fraction of pruned connections is as close to ``target``
     as whole units allow. Each layer keeps at least its best unit. Returns the number of
@@ -266,7 +268,13 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
     selection that lands on ``final`` (planned with the current scores), so that with coarse
     units the early, small steps do not prune a mix of sizes from which the final target can no
     longer be reached (pruning never grows back).
+
+    ``group`` (data-parallel training, `morpho_kernels.distributed.resolve_group`): with a
+    process group the unit scores are averaged over its ranks before ranking, so every replica
+    prunes the same units (every rank must call); None: rank-local; "auto" (default):
+    rank-local without torch.distributed, an error with more than one rank.
     """
+    group = resolve_group(group, "prune", "units")
     target = check_fraction("target", target, hi_open=True)
     check_choice("distribution", distribution, DISTRIBUTIONS)
     if final is not None and not target <= final < 1.0:
@@ -287,26 +295,30 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
             live = model.layer_live(layer)
             half = _largest_unit(layer) // 2
             _prune_ranked([layer], live - keep + max(-half, min(half, carry)), by,
-                          None if keep_final is None else live - keep_final)
+                          None if keep_final is None else live - keep_final, group)
             now = live - model.layer_live(layer)
             carry += (live - keep) - now
             pruned += now
         return pruned
     plan = None if final is None else int(math.floor(final * total + 1e-9)) - dead
-    return _prune_ranked(layers, need, by, plan)
+    return _prune_ranked(layers, need, by, plan, group)
 
 
-def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = None) -> int:
+def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = None,
+                  group: Any = None) -> int:
     """Rank the live units of ``layers`` together by score (`unit_scores`), never a layer's
     best one, and hard-prune the lowest-ranked units whose total size is closest to ``need``
     connections (`_closest_fill`); with ``plan`` (> need), only from among the units
-    `_closest_fill` would choose for ``plan`` connections. Returns the connections pruned."""
+    `_closest_fill` would choose for ``plan`` connections; with a process ``group``, the
+    scores are the group's mean (`enforce_sparsity`). Returns the connections pruned."""
     if need <= 0:
         return 0
     scores, sizes, owner, index = [], [], [], []
     for li, layer in enumerate(layers):
         live = ~layer.pruned_units().reshape(-1)
         score = unit_scores(layer, by).reshape(-1).float()
+        if group is not None:  # every rank ranks the same numbers
+            score = group_mean(score, group)
         # a layer's best unit is never a candidate: pruning a whole layer disconnects the net
         live[torch.argmax(torch.where(live, score, float("-inf")))] = False
         idx = torch.nonzero(live).flatten()

@@ -21,10 +21,11 @@ import torch
 from torch import Tensor
 
 from morpho_kernels.checks import check_instance
+from morpho_kernels.distributed import resolve_group
 from morpho_kernels.nn import mask_parameters
 
 from ..checks import resolve_device
-from ..loop import Callback, Hook, TrainLoop, probe
+from ..loop import Callback, DataParallel, Hook, TrainLoop, probe, rank_shard
 from .config import MorphoConfig
 from .hooks import TOLERANCE, AnnealTemperature, EnforceSparsity, MaskPenalty
 from .models import MorphoModel
@@ -58,17 +59,20 @@ class MorphoTrainer:
                                             weight_decay=self.config.weight_decay)
         self.mask_opt = torch.optim.Adam(masks, lr=self.config.mask_lr)
 
-    def hooks(self) -> list[Hook]:
-        """The structure decisions of the recipe, in the order the loop calls them."""
+    def hooks(self, group: Any = None) -> list[Hook]:
+        """The structure decisions of the recipe, in the order the loop calls them; with a
+        process ``group``, data-parallel: `DataParallel` first (gradients averaged) and the
+        pruning scores averaged over the group."""
         cfg, model = self.config, self.model
-        return [AnnealTemperature(lambda e: temperature_at(cfg, e)),
-                MaskPenalty(model.sparsity_penalty, lambda e: penalty_scale_at(cfg, e)),
-                EnforceSparsity(model, cfg)]
+        return ([DataParallel(group)] if group is not None else []) + [
+            AnnealTemperature(lambda e: temperature_at(cfg, e)),
+            MaskPenalty(model.sparsity_penalty, lambda e: penalty_scale_at(cfg, e)),
+            EnforceSparsity(model, cfg, group)]
 
     def train(self, X_train, y_train, X_val=None, y_val=None, verbose: bool = True,
               callback: Optional[Callable[[dict], None]] = None, *,
               checkpoint: Optional[Union[str, os.PathLike]] = None,
-              resume: bool = False) -> dict[str, Any]:
+              resume: bool = False, group: Any = "auto") -> dict[str, Any]:
         """Train for ``config.epochs``; returns the statistics dict.
 
         Keys: train_time (s), final_loss (last epoch's training loss), final_sparsity
@@ -81,8 +85,21 @@ class MorphoTrainer:
 
         ``checkpoint``: a file written (atomically, checksummed) after every epoch;
         ``resume=True`` continues a killed run from it, with the same result as an
-        uninterrupted run.
+        uninterrupted run. The checkpoint holds the model with its structure (pruned units are
+        mask logits of -inf), both optimizers, the epoch (the schedule's position: temperature,
+        penalty scale and sparsity target are functions of it), the shuffling generator, the
+        torch RNG, the history and the best epoch.
+
+        ``group`` (data-parallel training with ``torch.distributed``, e.g. under torchrun):
+        a process group (``torch.distributed.group.WORLD``): every rank passes the same data
+        and seed and trains on its `morphonet.loop.rank_shard` of the training split (the
+        validation split is the same on every rank), gradients are averaged (`DataParallel`)
+        and the pruning scores averaged before ranking, so the structure, weights and
+        optimizer state stay identical on every rank. Give each rank its own ``checkpoint``
+        file. None: a single process; "auto" (default): None without torch.distributed, an
+        error with more than one rank (`morpho_kernels.distributed.resolve_group`).
         """
+        group = resolve_group(group, "prune", "units")
         cfg, model = self.config.validate(), self.model
         if (X_val is None) != (y_val is None):
             raise ValueError("pass both X_val and y_val, or neither")
@@ -93,6 +110,7 @@ class MorphoTrainer:
             x, y, xv, yv = hold_out(x, y, cfg.val_split, cfg.seed)
         else:
             xv = yv = None
+        x, y = rank_shard(x, y, group)  # (the held-out split is drawn before: the same on all)
         self._check_reachable(cfg)
         if cfg.seed is not None:
             torch.manual_seed(cfg.seed)
@@ -101,7 +119,7 @@ class MorphoTrainer:
         probe(model, [("train", x, y)] + ([("val", xv, yv)] if xv is not None else []))
         gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else
                                             int(torch.randint(0, 2**31 - 1, ()).item()))
-        hooks = self.hooks() + ([Callback(callback)] if callback is not None else [])
+        hooks = self.hooks(group) + ([Callback(callback)] if callback is not None else [])
         loop = TrainLoop(model, [self.weight_opt, self.mask_opt], hooks=hooks,
                          grad_clip=cfg.grad_clip, batch_size=cfg.batch_size, generator=gen,
                          select="val_acc", log=self.log if verbose else None,
