@@ -5,7 +5,9 @@
   (`morphonet.evolution.cli`): ``evolve``;
 - MorphNet (`morphonet.morph.cli`): ``morph``;
 - Autoplastic (`morphonet.autoplastic.cli`): ``autoplastic``;
-- Neural Architecture Lab (`morphonet.lab.cli`): ``lab run FILE``.
+- Neural Architecture Lab (`morphonet.lab.cli`): ``lab run FILE``;
+- speed (`morphonet.speed.cli`): ``speed`` (learned structure → measured speed; latency
+  budget).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from .lab.cli import add_lab_parser
     from .masks.cli import add_parsers
     from .morph.cli import add_morph_parser
+    from .speed.cli import add_speed_parser
 
     parser = argparse.ArgumentParser(prog="morpho", description=__doc__)
     parser.set_defaults(argv=argv)
@@ -32,6 +35,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_morph_parser(sub)
     add_autoplastic_parser(sub)
     add_lab_parser(sub)
+    add_speed_parser(sub)
     return parser
 
 

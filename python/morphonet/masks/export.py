@@ -14,6 +14,9 @@ say so with a ``to_block_sparse_(block_size, threshold)`` method, which is calle
 `shrink(model)`: a neuron-masked model becomes a physically smaller dense network; each model
 describes how it shrinks (``model.shrink()``: `MorphoNetMLP`, `MorphoNetCNN`). The helpers they
 use (`fold_rows`, `dense_linear`, `norm_rows`) are here.
+
+`to_edge_list(model)`: the same for very sparse element masks: each element- or block-masked
+layer becomes a `SparseLinear` (an edge list) holding exactly its live connections.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import torch
 from torch import nn
 
 from morpho_kernels.checks import check_choice, check_fraction
-from morpho_kernels.formats import BLOCK_SIZES
-from morpho_kernels.nn import BlockSparseLinear, MaskedLinear, tied_with
+from morpho_kernels.formats import BLOCK_SIZES, EdgeList
+from morpho_kernels.nn import BlockSparseLinear, MaskedLinear, SparseLinear, tied_with
 
-__all__ = ["check_untied", "convert_layer", "dense_linear", "fold_rows", "live_connections",
-           "norm_rows", "shrink", "to_block_sparse"]
+__all__ = ["check_untied", "convert_layer", "dense_linear", "edge_list_layer", "fold_rows",
+           "live_connections", "norm_rows", "shrink", "to_block_sparse", "to_edge_list"]
 
 
 def live_connections(layer: MaskedLinear, threshold: Optional[float] = None) -> torch.Tensor:
@@ -124,26 +127,83 @@ def to_block_sparse(model: nn.Module, block_size: Optional[int] = None,
         check_choice("block_size", block_size, BLOCK_SIZES)
     if threshold is not None:
         threshold = check_fraction("threshold", threshold, lo_open=True, hi_open=True)
+
+    def convert(layer, dead=None, col_scale=None):
+        return convert_layer(layer, block_of(layer, block_size), threshold, dead=dead,
+                             col_scale=col_scale)
+
+    return _convert_model(model, convert, lambda m: m.to_block_sparse_(block_size, threshold)
+                          if hasattr(m, "to_block_sparse_") else 0, inplace)
+
+
+def _convert_model(model: nn.Module, convert, convert_self, inplace: bool) -> nn.Module:
+    """``model`` (a deep copy unless ``inplace``) with every `convertible` layer replaced by
+    ``convert(layer)``; modules that convert themselves first (``convert_self(m)`` returns how
+    many layers it converted)."""
     out = model if inplace else copy.deepcopy(model)  # a deep copy keeps ties as ties
     if convertible(out):
-        return convert_layer(out, block_of(out, block_size), threshold)
+        return convert(out)
     for qname, m in out.named_modules():
         if convertible(m):
             check_untied(out, qname)
     converted = 0
     for m in list(out.modules()):
-        if hasattr(m, "to_block_sparse_"):  # modules that convert themselves first
-            converted += m.to_block_sparse_(block_size, threshold)
+        converted += convert_self(m)
     for parent in list(out.modules()):
         for name, child in list(parent.named_children()):
             if convertible(child):
-                setattr(parent, name, convert_layer(child, block_of(child, block_size),
-                                                    threshold))
+                setattr(parent, name, convert(child))
                 converted += 1
     if converted == 0:
         raise ValueError("model has no MaskedLinear or (element / block) MorphoLinear layer to "
                          "convert")
     return out
+
+
+# ---------------------------------------------------------------------------- edge list
+
+
+def edge_list_layer(layer: MaskedLinear, threshold: Optional[float] = None,
+                    dead: Optional[torch.Tensor] = None,
+                    col_scale: Optional[torch.Tensor] = None) -> SparseLinear:
+    """``layer`` as a `morpho_kernels.nn.SparseLinear` holding exactly its live connections
+    (`live_connections`; ``dead`` and ``col_scale`` as in `convert_layer`) with their
+    effective weights W ⊙ σ(M/T): work ∝ live connections, the same outputs."""
+    with torch.no_grad():
+        weff = layer.effective_weight().detach()
+        if col_scale is not None:
+            weff = weff * col_scale.to(weff)[None, :]
+        live = live_connections(layer, threshold)
+        if dead is not None:
+            live = live & ~dead.to(live.device)
+        edges = EdgeList.from_dense(live)
+        out = SparseLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                           device=weff.device, dtype=weff.dtype, edges=edges)
+        dst, src = live.nonzero(as_tuple=True)  # the slots' (dst, src) order
+        out.values.zero_()
+        out.values[:dst.numel()] = weff[dst, src]
+        if layer.bias is not None:
+            out.bias.copy_(layer.bias.detach())
+    return out
+
+
+def to_edge_list(model: nn.Module, threshold: Optional[float] = None,
+                 inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` (or the model itself with ``inplace=True``) in which each
+    element- or block-masked `MaskedLinear` / `MorphoLinear` is a `SparseLinear` (an edge
+    list, `edge_list_layer`) with the same outputs: the format for very sparse element masks
+    (work ∝ live connections, no block padding). ``threshold`` as in `to_block_sparse`.
+    Modules with a ``to_edge_list_(threshold)`` method convert themselves first (a
+    `MorphoNetTransformer`'s attention folds its head gates into o); tied layers are refused
+    by name (`check_untied`)."""
+    if threshold is not None:
+        threshold = check_fraction("threshold", threshold, lo_open=True, hi_open=True)
+
+    def convert(layer, dead=None, col_scale=None):
+        return edge_list_layer(layer, threshold, dead=dead, col_scale=col_scale)
+
+    return _convert_model(model, convert, lambda m: m.to_edge_list_(threshold)
+                          if hasattr(m, "to_edge_list_") else 0, inplace)
 
 
 # ---------------------------------------------------------------------------- shrink

@@ -53,7 +53,7 @@ from morpho_kernels.nn import LearnedMask
 
 from ..loop import IGNORE_INDEX
 from .config import MorphoConfig
-from .export import block_of, convert_layer, convertible
+from .export import block_of, convert_layer, convertible, edge_list_layer
 from .layers import MorphoLinear
 from .models import MorphoModel, _layer_kwargs
 
@@ -191,6 +191,22 @@ class MorphoSelfAttention(nn.Module):
         o converts (the gates then go: ``head_gates = None``); returns how many projections
         were converted. A neuron-masked o stays a `MorphoLinear` and keeps the gates, which
         read its temperature."""
+        return self._convert_projections(
+            lambda layer, dead, scale: convert_layer(layer, block_of(layer, block_size),
+                                                     threshold, dead=dead, col_scale=scale))
+
+    def to_edge_list_(self, threshold: Optional[float]) -> int:
+        """As `to_block_sparse_`, to `SparseLinear` edge lists (called by
+        `morphonet.masks.export.to_edge_list`): a pruned head's connections are left out, the
+        gates folded into o's columns."""
+        return self._convert_projections(
+            lambda layer, dead, scale: edge_list_layer(layer, threshold, dead=dead,
+                                                       col_scale=scale))
+
+    def _convert_projections(self, convert) -> int:
+        """Replace each convertible projection by ``convert(layer, dead, col_scale)`` (dead:
+        the connections of pruned heads; col_scale: o's folded gates), in place; returns how
+        many were converted."""
         if self.head_gates is None:  # already converted: its gates live in o
             return 0
         if not isinstance(self.o, MorphoLinear):
@@ -207,8 +223,7 @@ class MorphoSelfAttention(nn.Module):
             if not convertible(layer):
                 continue
             scale = self._per_feature(gates) if role == "o" else None
-            setattr(self, role, convert_layer(layer, block_of(layer, block_size), threshold,
-                                              dead=self.dead_region(layer), col_scale=scale))
+            setattr(self, role, convert(layer, self.dead_region(layer), scale))
             n += 1
         if fold:
             self.head_gates = None
