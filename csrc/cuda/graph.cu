@@ -1,6 +1,7 @@
-// CUDA kernels of the graph family (issue 5): extrema_reduce, sparse_linear_t,
-// sparse_linear_dvalues. Grid-stride loops, int64 indexing, arithmetic in the op-math type
-// (float for fp16/bf16/fp32, double for fp64), no host synchronisation.
+// CUDA kernels of the graph family (issue 5): extrema_reduce (kernels in extrema_kernels.cuh,
+// issue 22), sparse_linear_t, sparse_linear_dvalues. Grid-stride loops, int64 indexing,
+// arithmetic in the op-math type (float for fp16/bf16/fp32, double for fp64), no host
+// synchronisation.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -12,161 +13,26 @@
 #include <utility>
 
 #include "../graph.h"
+#include "extrema_kernels.cuh"
 
 namespace morpho {
 namespace {
 
 // ----------------------------------------------------------------------------- extrema
 //
-// Two stages: blocks reduce a slab of rows into one partial row per block-row ("split"),
-// (S, C) per statistic, and ATen sums / mins the S partials (S ≈ 8 blocks per SM / column
-// blocks, so the partials are ~2% of the input's bytes at 65536×4096 bf16).
-
-template <typename T>
-__device__ __forceinline__ T nan_min(T a, T v) { return (v < a || v != v) ? v : a; }
-template <typename T>
-__device__ __forceinline__ T nan_max(T a, T v) { return (v > a || v != v) ? v : a; }
-
-template <typename opmath_t>
-struct Acc {
-  int lo = 0, hi = 0;  // per thread / per block: < 2^31 values each (splits bound them)
-  double sum = 0.0;
-  float mn = INFINITY, mx = -INFINITY;
-  __device__ __forceinline__ void count(opmath_t v, opmath_t low, opmath_t high) {
-    lo += v < low;
-    hi += v > high;
-    const float f = static_cast<float>(v);
-    mn = nan_min(mn, f);
-    mx = nan_max(mx, f);
-  }
-  __device__ __forceinline__ void add(opmath_t v, opmath_t low, opmath_t high) {
-    count(v, low, high);
-    sum += static_cast<double>(v);
-  }
-  // Four values whose sum is formed in the op-math type first: one double add per four values.
-  __device__ __forceinline__ void add4(opmath_t a, opmath_t b, opmath_t c, opmath_t d,
-                                       opmath_t low, opmath_t high) {
-    count(a, low, high);
-    count(b, low, high);
-    count(c, low, high);
-    count(d, low, high);
-    sum += static_cast<double>((a + b) + (c + d));
-  }
-  __device__ __forceinline__ void merge(const Acc& o) {
-    lo += o.lo;
-    hi += o.hi;
-    sum += o.sum;
-    mn = nan_min(mn, o.mn);
-    mx = nan_max(mx, o.mx);
-  }
-};
-
-struct Partials {
-  long long* lo;
-  long long* hi;
-  double* sum;
-  float* mn;
-  float* mx;
-  template <typename opmath_t>
-  __device__ __forceinline__ void store(int64_t i, const Acc<opmath_t>& a) const {
-    lo[i] = a.lo;
-    hi[i] = a.hi;
-    sum[i] = a.sum;
-    mn[i] = a.mn;  // NaN-propagating, like amin / amax over the partials
-    mx[i] = a.mx;
-  }
-};
-
-constexpr int kColThreads = 32;  // threads across columns (each VEC columns wide)
-constexpr int kRowThreads = 8;   // threads down the rows
-
-// (rows, C), inner == 1. Block (32, 8): thread (tx, ty) owns VEC consecutive columns and the
-// rows ty, ty + 8, ... of split blockIdx.y; one VEC-wide vector load per row (16 bytes).
-template <typename scalar_t, int VEC>
-__global__ void extrema_columns_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t C,
-                                       int64_t rows_per_split, at::opmath_type<scalar_t> low,
-                                       at::opmath_type<scalar_t> high, Partials part) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  struct alignas(sizeof(scalar_t) * VEC) Vec { scalar_t v[VEC]; };
-  __shared__ Acc<opmath_t> red[kRowThreads][kColThreads];
-  const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * kColThreads + threadIdx.x) * VEC;
-  const int64_t r_begin = static_cast<int64_t>(blockIdx.y) * rows_per_split;
-  const int64_t r_end = r_begin + rows_per_split < rows ? r_begin + rows_per_split : rows;
-  Acc<opmath_t> acc[VEC];
-  if (c0 < C) {
-    // Four rows per step, loads first: 4 x 16 bytes in flight per thread (one load per step
-    // reached 41% of the copy bandwidth at 65536x4096 bf16 on an H100: latency-bound).
-    const scalar_t* xc = x + c0;
-    int64_t r = r_begin + threadIdx.y;
-    for (; r + 3 * kRowThreads < r_end; r += 4 * kRowThreads) {
-      const Vec v0 = *reinterpret_cast<const Vec*>(xc + r * C);
-      const Vec v1 = *reinterpret_cast<const Vec*>(xc + (r + kRowThreads) * C);
-      const Vec v2 = *reinterpret_cast<const Vec*>(xc + (r + 2 * kRowThreads) * C);
-      const Vec v3 = *reinterpret_cast<const Vec*>(xc + (r + 3 * kRowThreads) * C);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        acc[j].add4(static_cast<opmath_t>(v0.v[j]), static_cast<opmath_t>(v1.v[j]),
-                    static_cast<opmath_t>(v2.v[j]), static_cast<opmath_t>(v3.v[j]), low, high);
-      }
-    }
-    for (; r < r_end; r += kRowThreads) {
-      const Vec v = *reinterpret_cast<const Vec*>(xc + r * C);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) acc[j].add(static_cast<opmath_t>(v.v[j]), low, high);
-    }
-  }
-  // Reduce the 8 row-threads of each column through shared memory, one column at a time.
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) {
-    red[threadIdx.y][threadIdx.x] = acc[j];
-    __syncthreads();
-    if (threadIdx.y == 0 && c0 + j < C) {
-      Acc<opmath_t> a = red[0][threadIdx.x];
-      for (int k = 1; k < kRowThreads; ++k) a.merge(red[k][threadIdx.x]);
-      part.store(static_cast<int64_t>(blockIdx.y) * C + c0 + j, a);
-    }
-    __syncthreads();
-  }
-}
-
-// (outer, C, inner), inner > 1: block (c = blockIdx.x, split = blockIdx.y) of 256 threads
-// reduces its share of channel c's outer·inner elements.
-template <typename scalar_t>
-__global__ void extrema_channels_kernel(const scalar_t* __restrict__ x, int64_t outer, int64_t C,
-                                        int64_t inner, int64_t per_split,
-                                        at::opmath_type<scalar_t> low,
-                                        at::opmath_type<scalar_t> high, Partials part) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  __shared__ Acc<opmath_t> red[256];
-  const int64_t c = blockIdx.x;
-  const int64_t n = outer * inner;
-  const int64_t f_begin = static_cast<int64_t>(blockIdx.y) * per_split;
-  const int64_t f_end = f_begin + per_split < n ? f_begin + per_split : n;
-  Acc<opmath_t> acc;
-  for (int64_t f = f_begin + threadIdx.x; f < f_end; f += blockDim.x) {
-    const int64_t o = f / inner, i = f - o * inner;
-    acc.add(static_cast<opmath_t>(x[(o * C + c) * inner + i]), low, high);
-  }
-  red[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) red[threadIdx.x].merge(red[threadIdx.x + s]);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) part.store(static_cast<int64_t>(blockIdx.y) * C + c, red[0]);
-}
-
-template <typename T>
-std::pair<T, T> exact_thresholds(double low, double high) {
-  T lo = static_cast<T>(low), hi = static_cast<T>(high);
-  if (static_cast<double>(lo) < low) lo = std::nextafter(lo, std::numeric_limits<T>::infinity());
-  if (static_cast<double>(hi) > high) hi = std::nextafter(hi, -std::numeric_limits<T>::infinity());
-  return {lo, hi};
-}
+// The kernels, their grid and their one launch live in extrema_kernels.cuh (CUDA headers only,
+// compiled standalone by tests/kernels/test_sass.py); this is the torch side: checks, outputs,
+// workspace. One kernel per call, no ATen kernel after it (the outputs are written by the
+// kernel's last blocks; the workspace's tickets are zeroed by a memset).
 
 int64_t sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// c10 scalar types → the CUDA types of the header (same layout).
+template <typename scalar_t> struct CudaType { using type = scalar_t; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+template <> struct CudaType<at::Half> { using type = __half; };
 
 }  // namespace
 
@@ -174,74 +40,28 @@ ExtremaOut extrema_stats_cuda(const at::Tensor& x_in, double low, double high) {
   check_extrema_args(x_in, low, high, at::kCUDA);
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous();
-  const int64_t outer = x.size(0), C = x.size(1), inner = x.size(2), count = outer * inner;
+  const int64_t outer = x.size(0), C = x.size(1), inner = x.size(2);
   auto opt = x.options();
-  auto i64 = opt.dtype(at::kLong);
-  auto count_t = at::full({}, count, i64);
-  if (count == 0 || C == 0) {
-    auto inf = at::full({C}, std::numeric_limits<float>::infinity(), opt.dtype(at::kFloat));
-    return {at::zeros({C}, i64), at::zeros({C}, i64),
-            at::full({C}, std::numeric_limits<float>::quiet_NaN(), opt.dtype(at::kFloat)), inf,
-            -inf, count_t};
-  }
+  auto i64 = opt.dtype(at::kLong), f32 = opt.dtype(at::kFloat);
+  auto below = at::empty({C}, i64), above = at::empty({C}, i64), count = at::empty({}, i64);
+  auto mean = at::empty({C}, f32), mn = at::empty({C}, f32), mx = at::empty({C}, f32);
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t target_blocks = 8 * sm_count();  // 2048 threads per SM
-  int64_t S = 1;
-  at::Tensor lo, hi, sum, mn, mx;
-  auto alloc = [&](int64_t s) {
-    lo = at::empty({s, C}, i64);
-    hi = at::empty({s, C}, i64);
-    sum = at::empty({s, C}, opt.dtype(at::kDouble));
-    mn = at::empty({s, C}, opt.dtype(at::kFloat));
-    mx = at::empty({s, C}, opt.dtype(at::kFloat));
-    return Partials{reinterpret_cast<long long*>(lo.mutable_data_ptr<int64_t>()),
-                    reinterpret_cast<long long*>(hi.mutable_data_ptr<int64_t>()),
-                    sum.mutable_data_ptr<double>(), mn.mutable_data_ptr<float>(),
-                    mx.mutable_data_ptr<float>()};
-  };
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "extrema_cuda", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const auto th = exact_thresholds<opmath_t>(low, high);
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    if (inner == 1) {
-      constexpr int kVec = 16 / sizeof(scalar_t);  // 16-byte loads
-      const bool vec_ok = C % kVec == 0 && reinterpret_cast<uintptr_t>(xp) % 16 == 0;
-      const int vec = vec_ok ? kVec : 1;
-      const int64_t col_blocks = ceil_div(C, kColThreads * vec);
-      S = std::max<int64_t>(1, std::min<int64_t>({ceil_div(target_blocks, col_blocks),
-                                                   ceil_div(outer, kRowThreads * 16), 65535}));
-      const int64_t rows_per_split = ceil_div(outer, S);
-      S = ceil_div(outer, rows_per_split);
-      MORPHO_CHECK(rows_per_split < INT32_MAX, "morpho: extrema_stats: too many rows (",
-                   outer, ") for 32-bit per-block counts");
-      Partials part = alloc(S);
-      const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(S));
-      const dim3 block(kColThreads, kRowThreads);
-      if (vec_ok) {
-        extrema_columns_kernel<scalar_t, kVec><<<grid, block, 0, stream>>>(
-            xp, outer, C, rows_per_split, th.first, th.second, part);
-      } else {
-        extrema_columns_kernel<scalar_t, 1><<<grid, block, 0, stream>>>(
-            xp, outer, C, rows_per_split, th.first, th.second, part);
-      }
-    } else {
-      MORPHO_CHECK(C <= INT32_MAX, "morpho: extrema_stats supports at most 2^31 - 1 channels");
-      S = std::max<int64_t>(1, std::min<int64_t>({ceil_div(target_blocks, C),
-                                                   ceil_div(count, 256 * 4), 65535}));
-      const int64_t per_split = ceil_div(count, S);
-      S = ceil_div(count, per_split);
-      MORPHO_CHECK(per_split < INT32_MAX, "morpho: extrema_stats: too many values per channel (",
-                   count, ") for 32-bit per-block counts");
-      Partials part = alloc(S);
-      const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(S));
-      extrema_channels_kernel<scalar_t><<<grid, 256, 0, stream>>>(
-          xp, outer, C, inner, per_split, th.first, th.second, part);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using T = typename CudaType<scalar_t>::type;
+    const T* xp = reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>());
+    const extrema::Plan pl = extrema::plan_for_device<T>(xp, outer, C, inner);
+    MORPHO_CHECK(pl.error == nullptr, "morpho: extrema_stats: ", pl.error ? pl.error : "",
+                 " (x viewed as ", outer, " x ", C, " x ", inner, ")");
+    auto ws = at::empty({static_cast<int64_t>(pl.ws_bytes)}, opt.dtype(at::kByte));
+    C10_CUDA_CHECK(extrema::launch<T>(
+        pl, xp, outer, C, inner, low, high, ws.mutable_data_ptr(),
+        reinterpret_cast<long long*>(below.mutable_data_ptr<int64_t>()),
+        reinterpret_cast<long long*>(above.mutable_data_ptr<int64_t>()),
+        mean.mutable_data_ptr<float>(), mn.mutable_data_ptr<float>(),
+        mx.mutable_data_ptr<float>(), reinterpret_cast<long long*>(count.mutable_data_ptr<int64_t>()),
+        stream));
   });
-  // amin / amax propagate NaN, as the kernels do.
-  auto mean = (sum.sum(0) / static_cast<double>(count)).to(at::kFloat);
-  return {lo.sum(0), hi.sum(0), mean, mn.amin(0), mx.amax(0), count_t};
+  return {below, above, mean, mn, mx, count};
 }
 
 // ----------------------------------------------------------------------------- sparse linear
