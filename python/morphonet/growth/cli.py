@@ -20,8 +20,9 @@ def _grow(args: argparse.Namespace) -> int:
         from .seed_loop import run_seed_loop, seed_loop_table
 
         extra = [f"--{k.replace('_', '-')}" for k in ("lr", "sparsity", "activation", "hidden",
-                                                        "device")
-                 if getattr(args, k) is not None] + (["--quick"] if args.quick else [])
+                                                        "device", "methods")
+                 if getattr(args, k) is not None] + (["--quick"] if args.quick else []) + (
+                     ["--resume"] if args.resume else [])
         if extra:
             print(f"--seed-loop runs the seed's loop as written (its own sizes, learning rate "
                   f"and activation); drop {' '.join(extra)}", file=sys.stderr)
@@ -35,7 +36,7 @@ def _grow(args: argparse.Namespace) -> int:
     kw = dict(datasets=tuple(args.datasets), out_dir=args.out)
     for flag, key in (("seeds", "seeds"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("sparsity", "sparsity"), ("activation", "activation"),
-                      ("device", "device")):
+                      ("device", "device"), ("methods", "methods")):
         if getattr(args, flag) is not None:
             kw[key] = getattr(args, flag)
     if args.hidden is not None:
@@ -43,7 +44,7 @@ def _grow(args: argparse.Namespace) -> int:
     cfg = GrowExperimentConfig.quick(**kw) if args.quick else GrowExperimentConfig(**kw)
     if args.epochs is not None:
         cfg = cfg.replace(epochs={d: args.epochs for d in cfg.datasets})
-    res = run_grow_experiment(cfg, progress=not args.no_progress)
+    res = run_grow_experiment(cfg, progress=not args.no_progress, resume=args.resume)
     from .experiment import format_table
 
     print(format_table(res))
@@ -81,6 +82,14 @@ def add_grow_parser(subparsers) -> argparse.ArgumentParser:
                    help="run the seed's documented loop as written on digits ([0, 1] and "
                    "standardised inputs; --seeds, --epochs and --batch-size apply) and check "
                    "its promises; writes seed_loop.json / seed_loop.md")
+    p.add_argument("--methods", nargs="+", default=None,
+                   choices=["structure", "rigl", "set", "static"],
+                   help="methods to run (default all; the peers take their size from the "
+                   "structure run of the same seed, which always runs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: finished runs are taken from "
+                   "runs.partial.jsonl, the Structure Net run in progress from its checkpoint "
+                   "(work/); without it both are discarded first")
     p.add_argument("--quick", action="store_true", help="short run (< 2 min on 2 CPU cores)")
     p.add_argument("--out", default="results/grow", help="results directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -17,8 +17,8 @@ the extension, ~1 s, a one-off process cost that is not growth bookkeeping).
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ import torch
 from ..checks import check_device
 from ..config import Config, int_dict, int_list, ints, names, one_of, reals, setting
 from ..data import load_dataset
-from ..files import atomic_write, write_json
+from ..files import append_record, atomic_write, load_torch, read_records, save_torch, write_json
 from ..loop import accuracy, shuffled_batches, torch_threads
 from .extrema import EXTREMA_ACTIVATIONS, ExtremaConfig
 from .peers import SparsePeer, make_peer_network, train_peer_epoch
@@ -106,8 +106,16 @@ def growth_configs(epochs: int, phase_fractions: tuple[float, float] = (2 / 15, 
 
 
 def run_structure(ds, seed: int, cfg: GrowExperimentConfig, snap_dir: str,
-                  log: Optional[Callable[[str], None]] = None) -> dict:
-    """Train one Structure Net; returns its record (history, snapshots, timing, test)."""
+                  log: Optional[Callable[[str], None]] = None,
+                  checkpoint: Optional[str] = None) -> dict:
+    """Train one Structure Net; returns its record (history, snapshots, timing, test).
+
+    ``checkpoint``: a file written atomically (checksummed) after every epoch with the run's
+    full state: the network with its grown structure, the growth pieces (scheduler, extrema
+    window, router generator), the optimizer, the shuffling generator, torch's RNG and how
+    many snapshots exist. When the file exists, the run continues after the epoch it holds
+    (the snapshots written after it are forgotten and written again), ending as an
+    uninterrupted run would, bit for bit (timings aside)."""
     torch.manual_seed(seed)
     epochs = cfg.epochs[ds.name]
     scheduler, extrema, router = growth_configs(epochs, cfg.phase_fractions)
@@ -119,9 +127,21 @@ def run_structure(ds, seed: int, cfg: GrowExperimentConfig, snap_dir: str,
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)  # created once, kept through growth
     crit = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
-    for ep in range(epochs):
+    first = 0
+    if checkpoint is not None and os.path.exists(checkpoint):
+        st = load_torch(checkpoint, "checkpoint")
+        model.load_training_state(st["model"])  # the structure first: then the moments fit
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        first = st["epoch"] + 1
+    for ep in range(first, epochs):
         r = model.train_epoch(shuffled_batches(ds.train.x, ds.train.y, cfg.batch_size, gen), opt,
                               crit, ep)
+        if checkpoint is not None:
+            save_torch(checkpoint, {"epoch": ep, "model": model.training_state(),
+                                    "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                    "torch_rng": torch.get_rng_state()}, "checkpoint")
         if log:
             log(f"[{ds.name} s{seed} structure] epoch {ep + 1}/{epochs} {r['phase']:6s} "
                 f"val {r['val_acc']:.3f} conn {r['connectivity']:.4f} "
@@ -198,20 +218,43 @@ def _warm_up() -> None:
 
 
 def run_grow_experiment(cfg: GrowExperimentConfig, progress: bool = True,
-                        log: Optional[Callable[[str], None]] = print) -> dict:
+                        log: Optional[Callable[[str], None]] = print,
+                        resume: bool = False) -> dict:
     """Run every dataset × seed × method, write ``results.json``, ``table.md`` and
     ``timeline.png`` under ``cfg.out_dir``; returns the results dict.
+
+    Every finished run is appended to ``runs.partial.jsonl`` (one checksummed line each,
+    `morphonet.files.append_record`), and the Structure Net run in progress keeps a checkpoint
+    (and its snapshots) under ``work/<dataset>_s<seed>/`` (`run_structure`). With ``resume``,
+    the runs already recorded are taken from that file instead of being trained again, and
+    the run in progress continues from its checkpoint: a job killed at any point and resumed
+    writes the results an uninterrupted one would (timings aside). Without ``resume`` both are
+    discarded first. A peer (RigL / SET / static) run killed midway is run again from its
+    start. Both files go once ``results.json`` is written.
 
     Runs on one torch thread (the timings it records are per-thread figures) and gives the
     caller's thread count back afterwards."""
     with torch_threads(1):
-        return _run_grow_experiment(cfg, progress, log)
+        return _run_grow_experiment(cfg, progress, log, resume)
+
+
+def _run_key(r: dict) -> tuple:
+    return r["dataset"], r["seed"], r["method"]
 
 
 def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
-                         log: Optional[Callable[[str], None]]) -> dict:
+                         log: Optional[Callable[[str], None]], resume: bool = False) -> dict:
     _warm_up()
     os.makedirs(cfg.out_dir, exist_ok=True)
+    partial = os.path.join(cfg.out_dir, "runs.partial.jsonl")
+    work = os.path.join(cfg.out_dir, "work")
+    if not resume:
+        for path in (partial, work):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    done = {_run_key(r): r for r in read_records(partial)} if os.path.exists(partial) else {}
     runs = []
     tasks = [(d, s) for d in cfg.datasets for s in range(cfg.seeds)]
     bar = None
@@ -220,31 +263,40 @@ def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
 
         bar = tqdm(total=len(tasks) * len(cfg.methods), desc="morpho grow", unit="run")
     say = (bar.write if bar is not None else log) if log else None
+    if say and done:
+        say(f"resuming: {len(done)} finished runs taken from {partial}")
     t0 = time.perf_counter()
-    for name, seed in tasks:
-        ds = load_dataset(name, seed)
-        with tempfile.TemporaryDirectory() as tmp:
-            snap_dir = (os.path.join(cfg.out_dir, "snapshots", name) if seed == 0
-                        else os.path.join(tmp, "snaps"))
-            if seed == 0 and os.path.exists(os.path.join(snap_dir, "index.json")):
-                import shutil
 
-                shutil.rmtree(snap_dir)
-            rec = run_structure(ds, seed, cfg, snap_dir,
-                                log=say if seed == 0 else None)
+    def finished(rec: dict) -> dict:
+        append_record(partial, rec)
         runs.append(rec)
         if bar is not None:
             bar.update(1)
-        if say:
-            say(f"[{name} s{seed} structure] test {rec['test_acc']:.3f} at conn "
-                f"{rec['connectivity']:.4f}, {rec['growth_events']} growth events, "
-                f"bookkeeping {100 * rec['bookkeeping_fraction']:.1f}%")
+        return rec
+
+    for name, seed in tasks:
+        ds = load_dataset(name, seed)
+        rec = done.get((name, seed, "structure"))
+        if rec is not None:
+            runs.append(rec)
+            if bar is not None:
+                bar.update(1)
+        else:
+            rec = finished(_structure_run(ds, seed, cfg, work, say))
+            shutil.rmtree(os.path.join(work, f"{name}_s{seed}"), ignore_errors=True)
+            if say:
+                say(f"[{name} s{seed} structure] test {rec['test_acc']:.3f} at conn "
+                    f"{rec['connectivity']:.4f}, {rec['growth_events']} growth events, "
+                    f"bookkeeping {100 * rec['bookkeeping_fraction']:.1f}%")
         for m in cfg.methods:
             if m == "structure":
                 continue
-            runs.append(run_peer(ds, seed, m, rec["connections"], cfg, log=say))
-            if bar is not None:
-                bar.update(1)
+            if (name, seed, m) in done:
+                runs.append(done[(name, seed, m)])
+                if bar is not None:
+                    bar.update(1)
+                continue
+            finished(run_peer(ds, seed, m, rec["connections"], cfg, log=say))
     if bar is not None:
         bar.close()
     res = {"config": cfg.to_dict(), "runs": runs, "summary": summarise(runs),
@@ -252,7 +304,28 @@ def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
     write_json(os.path.join(cfg.out_dir, "results.json"), res)
     atomic_write(os.path.join(cfg.out_dir, "table.md"), format_table(res).encode())
     plot_timeline(runs, os.path.join(cfg.out_dir, "timeline.png"))
+    for path in (partial, work):  # everything is in results.json now
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
     return res
+
+
+def _structure_run(ds, seed: int, cfg: GrowExperimentConfig, work: str,
+                   say: Optional[Callable[[str], None]]) -> dict:
+    """One Structure Net run with its checkpoint under ``work/<dataset>_s<seed>/``: seed 0
+    keeps its snapshots under ``out_dir/snapshots/<dataset>``, other seeds in the work folder
+    (removed with it once the run is recorded)."""
+    run_dir = os.path.join(work, f"{ds.name}_s{seed}")
+    ckpt = os.path.join(run_dir, "structure.ckpt")
+    os.makedirs(run_dir, exist_ok=True)
+    snap_dir = (os.path.join(cfg.out_dir, "snapshots", ds.name) if seed == 0
+                else os.path.join(run_dir, "snaps"))
+    if not os.path.exists(ckpt) and os.path.exists(snap_dir):  # a fresh start: no old ones
+        shutil.rmtree(snap_dir)
+    return run_structure(ds, seed, cfg, snap_dir, log=say if seed == 0 else None,
+                         checkpoint=ckpt)
 
 
 def _ms(v: list[float]) -> dict:

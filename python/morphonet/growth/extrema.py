@@ -181,6 +181,20 @@ class ExtremaDetector:
     def __len__(self) -> int:
         return len(self.window)
 
+    def state_dict(self) -> dict:
+        """The open window (its batches' statistics), the layer widths and the stride count,
+        for a checkpoint; `load_state_dict` restores them."""
+        return {"window": [[tuple(st) for st in batch] for batch in self.window],
+                "widths": self._widths, "steps": self._steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+        self.window.clear()
+        for batch in state["window"]:
+            self.window.append([ExtremaStats(*st) for st in batch])
+        self._widths = None if state["widths"] is None else list(state["widths"])
+        self._steps = state["steps"]
+
     def combined(self, group: Any = None) -> list[ExtremaStats]:
         """The window's statistics per layer: the batches merged as extrema_stats.combine does
         (counts add, count-weighted mean, min of mins, max of maxes), vectorised over the

@@ -99,6 +99,24 @@ class GrowthScheduler:
             return True
         return False
 
+    def state_dict(self) -> dict:
+        """The scheduler's progress (credits, counters, the open gradient-norm window, the
+        phase budgets used, the events) for a checkpoint; `load_state_dict` restores it."""
+        return {"credits": self.credits, "step": self.step, "spikes": self.spikes,
+                "last_growth_step": self.last_growth_step,
+                "last_growth_epoch": self.last_growth_epoch, "terminated": self.terminated,
+                "used": dict(self.used), "events": [dict(e) for e in self.events],
+                "window": list(self._window), "prev_var": self._prev_var}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned (the config stays this scheduler's)."""
+        for k in ("credits", "step", "spikes", "last_growth_step", "last_growth_epoch",
+                  "terminated"):
+            setattr(self, k, state[k])
+        self.used = dict(state["used"])
+        self.events = [dict(e) for e in state["events"]]
+        self._window, self._prev_var = list(state["window"]), state["prev_var"]
+
     def phase(self, epoch: int) -> str:
         """coarse / medium / fine for this epoch."""
         a, b = self.config.phase_epochs

@@ -153,6 +153,21 @@ class SnapshotManager:
         self._cache[sid] = state
         return sid
 
+    def rewind(self, count: int) -> None:
+        """Keep only the first ``count`` snapshots (resuming a run from a checkpoint taken when
+        there were ``count``: the snapshots its killed continuation wrote are forgotten, and
+        their ids are written again, with the same content, as the run goes on)."""
+        count = check_int("count", count, 0)
+        if count > len(self.index):
+            raise ValueError(f"count={count}: the index under {self.root} holds only "
+                             f"{len(self.index)} snapshots (a checkpoint of another run?)")
+        if count == len(self.index):
+            return
+        self.index = self.index[:count]
+        write_json(os.path.join(self.root, "index.json"), self.index)
+        self._cache.clear()
+        self._last = self.load_state(self.index[-1]["id"]) if self.index else None
+
     def _read(self, sid: int) -> dict:
         e = self.index[sid]
         path = os.path.join(self.root, e["path"])

@@ -20,6 +20,7 @@ shape.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -241,6 +242,35 @@ class MultiScaleNetwork(nn.Module):
         loop = TrainLoop(self, optimizer, loss_fn=criterion, hooks=hooks,
                          select=None, track_train_acc=True, merge_single_batch=False)
         return loop.run_epoch(loader, epoch, val=self.val_data)
+
+    def training_state(self) -> dict[str, Any]:
+        """Everything of this network's growth a checkpoint needs for an exact resume: the
+        network with its grown structure (edge lists of any capacity, active neuron slots),
+        the scheduler, the detector's open window, the router's generator, a pending event,
+        the history, the growth log, the timings and how many snapshots exist. The optimizer,
+        the data order and torch's RNG are the caller's (`experiment.run_structure`)."""
+        return {"network": self.network.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "detector": self.detector.state_dict(), "router": self.router.gen.get_state(),
+                "pending": self._pending, "history": copy.deepcopy(self.history),
+                "growth_log": copy.deepcopy(self.growth_log), "timing": dict(self.timing),
+                "snapshots": len(self.snapshots.index) if self.snapshots is not None else None}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore a `training_state` into a network built with the same arguments (its
+        structure is rebuilt first: edge lists take the saved capacity, neuron slots their
+        saved activity). An optimizer built on this network before the call keeps its
+        parameters (they are resized in place); load its state after this."""
+        self.network.load_state_dict(state["network"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.detector.load_state_dict(state["detector"])
+        self.router.gen.set_state(state["router"])
+        self._pending = state["pending"]
+        self.history = copy.deepcopy(state["history"])
+        self.growth_log = copy.deepcopy(state["growth_log"])
+        self.timing = dict(state["timing"])
+        if self.snapshots is not None and state["snapshots"] is not None:
+            self.snapshots.rewind(state["snapshots"])
+        self.network.activations, self.network.pre_grads = [], {}
 
     def _snapshot(self, epoch: int, reason: str, val_acc: Optional[float] = None):
         if self.snapshots is None:
