@@ -95,11 +95,12 @@ def _bs_linear_fake(x, values, rows, cols, row_ptr, row_order, col_ptr, col_orde
 
 
 def _backward_triton(g2, x2, values, rows, cols, row_order, col_ptr, col_order, k, need_x,
-                     need_v):
+                     need_v, need_b):
+    """(dx, dv, db): db (fp32) comes from dW's launch when dW is asked for, else None."""
     b = values.shape[-1]
     dx = _tk.dsd(g2, values, col_ptr, col_order, rows, k // b, None, False) if need_x else None
-    dv = _tk.sdd(g2, x2, rows, cols, row_order, b) if need_v else None
-    return dx, dv
+    dv, db = _tk.sdd(g2, x2, rows, cols, row_order, b, need_b) if need_v else (None, None)
+    return dx, dv, db
 
 
 def _backward_ext(g2, x2, values, rows, cols, col_ptr, col_order, k, need_x, need_v):
@@ -126,9 +127,10 @@ def _bs_linear_backward_op(grad_out: Tensor, x: Tensor, values: Tensor, rows: Te
     k = x.shape[-1]
     g2 = grad_out.reshape(-1, n)  # (tokens, N); may be stride-0 (expanded): kernels take strides
     x2 = x.reshape(-1, k)  # (tokens, K)
+    db = None
     if backend == "triton":
-        dx, dv = _backward_triton(g2, x2, values, rows, cols, row_order, col_ptr, col_order, k,
-                                  need_x, need_values)
+        dx, dv, db = _backward_triton(g2, x2, values, rows, cols, row_order, col_ptr, col_order,
+                                      k, need_x, need_values, need_bias)
     elif backend == "ext":
         dx, dv = _backward_ext(g2, x2, values, rows, cols, col_ptr, col_order, k, need_x,
                                need_values)
@@ -136,7 +138,10 @@ def _bs_linear_backward_op(grad_out: Tensor, x: Tensor, values: Tensor, rows: Te
         dx, dv = reference.block_sparse_linear_backward(g2, x2, values, rows, cols)
     empty = grad_out.new_empty(0)
     acc = torch.float64 if g2.dtype == torch.float64 else torch.float32
-    db = g2.sum(0, dtype=acc).to(grad_out.dtype) if need_bias else empty.clone()
+    if need_bias:  # the Triton dW launch folds the bias gradient in (fp32 column sums)
+        db = (db if db is not None else g2.sum(0, dtype=acc)).to(grad_out.dtype)
+    else:
+        db = empty.clone()
     dx = dx.reshape(x.shape).contiguous() if need_x else empty.clone()
     dv = dv.contiguous() if need_values else empty.clone()
     return dx, dv, db

@@ -251,13 +251,14 @@ def test_ext_full_tiles_row_chunks_and_threads(block, threads, backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("walk", [{"GROUP_M": 0}, {"GROUP_M": 1}, {"GROUP_M": 8},
                                   {"BY_ROW": 0, "SPLIT_M": 1}, {"BY_ROW": 1, "SPLIT_M": 1},
-                                  {"BY_ROW": 1, "SPLIT_M": 4}, {"BY_ROW": 1, "SPLIT_M": 16}],
+                                  {"BY_ROW": 1, "SPLIT_M": 4}, {"BY_ROW": 1, "SPLIT_M": 0}],
                          ids=str)
 def test_triton_every_program_order_and_token_split(walk, dtype, backend):
-    """Each tuned walk of the kernels (dsd program order; sdd slot order and token split with
-    fp32 atomics) against the reference, on a layout whose slots are out of row order (after
-    regrows) and 600 tokens: 10 tiles of 64, so GROUP_M=8 leaves a ragged last group,
-    SPLIT_M=4 a ragged last chunk and SPLIT_M=16 (chunks of 64) six empty ones."""
+    """Each tuned walk of the kernels (dsd tile order on the persistent grid; sdd slot order
+    and token split with fp32 atomics, SPLIT_M=0 the launch's own choice) against the
+    reference, on a layout whose slots are out of row order (after regrows) and 600 tokens: 10
+    tiles of 64 over 3 persistent programs, so GROUP_M=8 leaves a ragged last group, SPLIT_M=4
+    a ragged last chunk."""
     from morpho_kernels.triton import block_sparse as tbs
     g = torch.Generator().manual_seed(5)
     block, grid = 16, (5, 6)
@@ -301,12 +302,15 @@ def test_forced_config_rejects_unknown_kernel_and_names():
     assert tbs._FORCED == {}
 
 
-def test_deterministic_mode_leaves_out_the_atomic_token_split(backend):
+def test_deterministic_mode_leaves_out_the_atomic_token_split(backend, monkeypatch):
     """Under torch.use_deterministic_algorithms the dW kernel never splits the tokens (its fp32
-    atomics sum in a varying order): asking for a split finds no config."""
+    atomics sum in a varying order): asking for a split finds no config, and the launch's own
+    choice (SPLIT_M=0), which splits these 600 tokens in two on 40 SMs, keeps one chunk."""
     from morpho_kernels.triton import block_sparse as tbs
+    monkeypatch.setattr(tbs, "_INTERPRET_SMS", 40)
     backend("triton")
-    layout, x, v, _, grad = make_case((70,), (2, 2), 16, 0.75, False, full_row=0)
+    layout, x, v, _, grad = make_case((600,), (2, 2), 16, 0.75, False, full_row=0)
+    assert tbs.auto_split(layout.capacity, 600, 64, 40, False) == 2
     x, v = (t.float().to(TRITON_DEVICE).requires_grad_() for t in (x, v))
     dev = BlockSparseLayout.from_block_mask(layout.block_mask().to(TRITON_DEVICE), 16)
     prev = torch.are_deterministic_algorithms_enabled()
@@ -316,39 +320,58 @@ def test_deterministic_mode_leaves_out_the_atomic_token_split(backend):
             mk.block_sparse_linear(x, v, dev).backward(grad.float().to(TRITON_DEVICE))
         with tbs.forced_config("sdd", BY_ROW=1):
             mk.block_sparse_linear(x, v, dev).backward(grad.float().to(TRITON_DEVICE))
-            assert tbs._bs_sdd_kernel.best_config.kwargs["SPLIT_M"] == 1
+            assert tbs._bs_sdd_kernel.best_config.kwargs["SPLIT_M"] == 0
+            assert tbs.last_sdd_split == 1
     finally:
         torch.use_deterministic_algorithms(prev)
 
 
 def test_fp32_workspace_only_when_a_token_split_may_run():
     """bf16 / fp16 dW allocates its fp32 workspace only when the autotuner may pick a split
-    config (the same pruning as the launch): never under deterministic mode."""
+    (the same pruning as the launch; the default SPLIT_M=0 may split): never under
+    deterministic mode, nor for an unsplit walk."""
     from morpho_kernels.triton import block_sparse as tbs
-    assert not tbs.workspace_needed(16, 0)  # the interpreter keeps the unsplit walk
+    assert tbs.workspace_needed(16, 0)  # the interpreter keeps the launch-chosen split
+    assert not tbs.workspace_needed(16, 1)
     with tbs.forced_config("sdd", SPLIT_M=4):
         assert tbs.workspace_needed(16, 0)
         with pytest.raises(ValueError, match="no sdd"):
             tbs.workspace_needed(16, 1)
+    with tbs.forced_config("sdd", SPLIT_M=1):
+        assert not tbs.workspace_needed(32, 0)
     with tbs.forced_config("sdd", BY_ROW=1):
         assert not tbs.workspace_needed(32, 1)
 
 
 def test_fp32_workspace_decision_on_the_tuned_path(monkeypatch):
     """The pruning a GPU launch sees (all configs, autotuning on): split configs are
-    candidates, so bf16 allocates the workspace, except under deterministic mode or with
-    MORPHO_AUTOTUNE=0 (the first config, unsplit)."""
+    candidates, so bf16 allocates the workspace, except under deterministic mode; with
+    MORPHO_AUTOTUNE=0 the first config (SPLIT_M=0, the launch's choice) may split too."""
     from morpho_kernels.triton import block_sparse as tbs
     monkeypatch.setattr(tbs, "INTERPRET", False)
     monkeypatch.setenv("MORPHO_AUTOTUNE", "1")
     assert tbs.workspace_needed(16, 0) and tbs.workspace_needed(128, 0)
     assert not tbs.workspace_needed(16, 1)
     monkeypatch.setenv("MORPHO_AUTOTUNE", "0")
-    assert not tbs.workspace_needed(16, 0)
+    assert tbs.workspace_needed(16, 0) and not tbs.workspace_needed(16, 1)
     # a split chosen by an earlier tuning is launched from the cache: the workspace is needed
-    split = next(c for c in tbs._bs_sdd_kernel.configs if c.kwargs["SPLIT_M"] > 1)
-    monkeypatch.setitem(tbs._bs_sdd_kernel.cache, ("an earlier key",), split)
-    assert tbs.workspace_needed(16, 0)
+    with tbs.forced_config("sdd", SPLIT_M=1):
+        assert not tbs.workspace_needed(16, 0)
+        split = next(c for c in tbs._bs_sdd_kernel.configs if c.kwargs["SPLIT_M"] > 1)
+        monkeypatch.setitem(tbs._bs_sdd_kernel.cache, ("an earlier key",), split)
+        assert tbs.workspace_needed(16, 0)
+
+
+def test_auto_split_fills_the_waves():
+    """SPLIT_M=0's choice: the issue's 410 dW tiles on 132 SMs fill 78% of four waves unsplit,
+    93% of ten split in three; enough tiles need no split; chunks stay ≥ 4 steps; never under
+    deterministic mode."""
+    from morpho_kernels.triton.block_sparse import auto_split
+    assert auto_split(410, 8192, 64, 132, False) == 3
+    assert auto_split(2048, 8192, 64, 132, False) == 1  # 50%: 97% of 16 waves
+    assert auto_split(410, 8192, 64, 132, True) == 1
+    assert auto_split(10, 300, 64, 132, False) == 1  # 150-token chunks would be < 4 steps
+    assert auto_split(10, 8192, 64, 132, False) == 8  # the best filling within 8
 
 
 @pytest.mark.parametrize("backend_name", ["reference", "ext"])
