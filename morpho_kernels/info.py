@@ -19,6 +19,7 @@ from .ops.block_sparse_linear import DISPATCH as _BLOCK_SPARSE_DISPATCH
 from .ops.edges import DISPATCH as _INSERT_DISPATCH
 from .ops.extrema import DISPATCH as _EXTREMA_DISPATCH
 from .ops.masked_linear import DISPATCH as _MASKED_LINEAR_DISPATCH
+from .ops.regrow import DISPATCH as _REGROW_DISPATCH
 from .ops.sparse_linear import DISPATCH as _SPARSE_LINEAR_DISPATCH
 
 # Every op's dispatcher, by public name.
@@ -26,7 +27,8 @@ DISPATCHERS = {"masked_linear": _MASKED_LINEAR_DISPATCH,
                "block_sparse_linear": _BLOCK_SPARSE_DISPATCH,
                "extrema_stats": _EXTREMA_DISPATCH,
                "insert_connections": _INSERT_DISPATCH,
-               "sparse_linear": _SPARSE_LINEAR_DISPATCH}
+               "sparse_linear": _SPARSE_LINEAR_DISPATCH,
+               "regrow": _REGROW_DISPATCH}  # BlockSparseLayout.regrow
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 

@@ -204,7 +204,9 @@ def select_rebuild(index: tuple, grid: tuple[int, int], drop: int, drop_scores: 
     slots = torch.empty(drop, dtype=torch.int64, device=dev)
     scratch = torch.empty(nbr * nbc, dtype=torch.int32, device=dev)  # grid → slot
     kp = _pow2(drop, 16)
-    # one program: blocks big enough for few loop steps, the interpreter's cost per step
+    # one program: chunks of ≥ 1024 scores (sorted only when one beats the kept list) and
+    # scans of 1024; under the interpreter KP-sized chunks (its tl.sort is slow) and scans of
+    # 4096 (its cost is per loop step)
     block = kp if INTERPRET else max(kp, 1024)
     scan = 4096 if INTERPRET else 1024
     with on_device(rows):
@@ -218,7 +220,7 @@ def select_rebuild(index: tuple, grid: tuple[int, int], drop: int, drop_scores: 
 
 def zero_slots(slots: torch.Tensor, tensors: list) -> None:
     """Zero ``t[slots]`` for every contiguous (C, b, b) tensor in ``tensors``, four per launch."""
-    bb = tensors[0][0].numel() if tensors and tensors[0].shape[0] else 0
+    bb = tensors[0].shape[1] * tensors[0].shape[2] if tensors else 0
     if not bb or not slots.numel():
         return
     block = min(_pow2(bb, 16), 4096)
