@@ -390,15 +390,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     failed = False
     for spec in a.specs:
-        for rep in check(load_cases(spec)):
-            failed |= bool(rep.problems)
-            if a.json:
-                print(json.dumps(rep.to_dict()), flush=True)
-            else:
-                status = "ok" if not rep.problems else "; ".join(rep.problems)
-                print(f"[triton {rep.triton}] {rep.case} {{{rep.config}}} shared={rep.shared} "
-                      f"regs={rep.registers} depth={rep.depth}: {status}", flush=True)
+        try:
+            cases = load_cases(spec)
+        except Exception as exc:  # a module that does not import: say so, check the others
+            cases, failed = [], True
+            _emit(a.json, {"spec": spec, "error": f"{type(exc).__name__}: {exc}"})
+        for case in cases:
+            for cfg in case.config_list():
+                try:
+                    rep = check_config(case, cfg).to_dict()
+                except Exception as exc:  # e.g. a signature that changed under its case
+                    rep = {"case": case.name, "config": _config_str(cfg),
+                           "error": f"{type(exc).__name__}: {exc}"}
+                failed |= bool(rep.get("problems", True))
+                _emit(a.json, rep)
     return 0 if a.json or not failed else 1
+
+
+def _emit(as_json: bool, rep: dict) -> None:
+    if as_json:
+        print(json.dumps(rep), flush=True)
+    elif "error" in rep:
+        print(f"{rep.get('case', rep.get('spec'))} {{{rep.get('config', '')}}}: ERROR "
+              f"{rep['error']}", flush=True)
+    else:
+        status = "ok" if not rep["problems"] else "; ".join(rep["problems"])
+        print(f"[triton {rep['triton']}] {rep['case']} {{{rep['config']}}} "
+              f"shared={rep['shared']} regs={rep['registers']} depth={rep['depth']}: {status}",
+              flush=True)
 
 
 if __name__ == "__main__":
