@@ -20,7 +20,7 @@ from morphonet.files import load_torch, read_records, save_torch
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TIMING = {"train_s", "bookkeeping_s", "bookkeeping_fraction", "snapshot_s", "seconds",
-          "wall_s"}
+          "seconds_std", "wall_s"}  # wall-clock figures: never equal between two runs
 
 MORPHO_SCRIPT = textwrap.dedent("""
     import sys, time
@@ -194,3 +194,47 @@ def test_grow_checkpoint_restores_a_grown_network_exactly(tmp_path):
     sa, sb = a.network.state_dict(), b.network.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert _strip(a.history) == _strip(b.history) and a.growth_log == b.growth_log
+
+
+# ---------------------------------------------------------------------------- morpho compare
+
+COMPARE = ["compare", "--quick", "--datasets", "moons", "--seeds", "2", "--epochs", "10"]
+
+
+@pytest.mark.slow
+def test_compare_sigkill_then_resume_keeps_finished_runs(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "morphonet.cli", *COMPARE, "--out", str(out), *extra]
+
+    subprocess.run(cmd(whole), env=ENV, check=True, capture_output=True)
+    partial = killed / "runs.partial.jsonl"
+
+    def records():
+        try:
+            return read_records(partial) if partial.exists() else []
+        except ValueError:  # a line being written
+            return []
+
+    p = subprocess.Popen(cmd(killed), env=ENV, start_new_session=True,
+                         stdout=subprocess.DEVNULL)
+    _kill_when(p, lambda: len(records()) >= 2, "two runs were recorded")
+    before = records()
+    assert 2 <= len(before) < 6 and not (killed / "compare.json").exists()
+    # a resume with other flags is refused: the partial runs belong to this job
+    other = subprocess.run(cmd(killed, "--resume", "--epochs", "9"), env=ENV,
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "another job" in other.stderr
+    out = subprocess.run(cmd(killed, "--resume"), env=ENV, check=True, capture_output=True,
+                         text=True).stdout
+    assert f"resuming: {len(before)} finished runs" in out
+    a = json.loads((whole / "compare.json").read_text())
+    b = json.loads((killed / "compare.json").read_text())
+    for key in ("runs", "variants", "summary", "paired"):
+        assert _strip(a[key]) == _strip(b[key]), key
+    kept = {(r["method"], r["seed"]): r["seconds"] for r in before}
+    for r in b["runs"]:  # the finished runs were taken as they were, not trained again
+        if (r["method"], r["seed"]) in kept:
+            assert r["seconds"] == kept[(r["method"], r["seed"])]
+    assert not partial.exists()

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..files import append_record
+from ..files import append_record, read_json, write_json
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     if args.render:
         extra = [f"--{k.replace('_', '-')}" for k in ("quick", "no_tune", "seeds", "epochs",
-                                                        "datasets")
+                                                        "datasets", "resume")
                  if getattr(args, k) is not None and getattr(args, k) is not False]
         if extra:
             print(f"--render trains nothing and takes only --out; drop {' '.join(extra)}",
@@ -82,16 +82,30 @@ def _compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "runs.partial.jsonl"  # every finished run, kept if the job is interrupted
-    partial.unlink(missing_ok=True)
+    job = out / "runs.partial.job.json"  # what the partial runs belong to
+    settings = {"cases": [c.to_dict() for c in cases], "seeds": seeds, "variants": mode}
+    done = []
+    if args.resume and partial.exists():
+        if not job.exists() or read_json(job) != settings:
+            print(f"--resume: {partial} belongs to another job (other cases, seeds or "
+                  f"variants than these; see {job}); rerun with that job's flags, or without "
+                  "--resume to start afresh", file=sys.stderr)
+            return 2
+        done = cmp.load_partial(partial)
+        print(f"resuming: {len(done)} finished runs taken from {partial}", flush=True)
+    else:
+        partial.unlink(missing_ok=True)
+        write_json(job, settings)
 
     def keep(r) -> None:
         append_record(partial, asdict(r))
 
-    results = cmp.compare(cases, seeds, on_result=keep, mode=mode)
+    results = cmp.compare(cases, seeds, on_result=keep, mode=mode, done=done)
     meta = {"command": command.strip(), "seconds": time.perf_counter() - t0, "tuned": tune,
             "variants": mode, "cases": [c.to_dict() for c in cases]}
     md, js = cmp.write_outputs(results, out, meta)
     partial.unlink(missing_ok=True)  # everything is in compare.json now
+    job.unlink(missing_ok=True)
     rows = cmp.summarise(cmp.select(results)[0])
     print("\n" + cmp.markdown_table(rows) + "\n")
     if not tune or len(seeds) < 5 or any(c.epochs != 100 for c in cases):
@@ -123,6 +137,11 @@ def add_parsers(sub) -> None:
     cmp.add_argument("--datasets", nargs="+", default=None,
                      help="subset of: moons blobs-5c digits mnist1d")
     cmp.add_argument("--out", default="results/compare", help="output directory")
+    cmp.add_argument("--resume", action="store_true",
+                     help="continue an interrupted job in --out: the runs it finished "
+                     "(runs.partial.jsonl) are taken as they are, not trained again; the "
+                     "flags must be the interrupted job's (checked); without it the partial "
+                     "runs are discarded")
     cmp.add_argument("--render", action="store_true",
                      help="train nothing: rewrite compare.md / .json in --out from the runs "
                      "recorded in its compare.json (takes only --out)")

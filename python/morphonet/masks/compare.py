@@ -345,7 +345,8 @@ def compare(cases: list[Case], seeds: list[int],
             progress: Optional[Callable[[str], None]] = None,
             tune: bool = True,
             on_result: Optional[Callable[[RunResult], None]] = None,
-            mode: Optional[str] = None) -> list[RunResult]:
+            mode: Optional[str] = None,
+            done: Optional[list[RunResult]] = None) -> list[RunResult]:
     """Train every grid variant (`grid`; only the default one when ``tune`` is False; or the
     one of ``mode``, see `variants`) of every method of every case for every seed; returns one
     RunResult per run. `select` then keeps each method's variant with the best mean
@@ -355,17 +356,21 @@ def compare(cases: list[Case], seeds: list[int],
     on validation, and every magnitude-pruning variant of a seed is pruned to exactly the
     weight count of that seed's *chosen* MorphoNet run (the same density, weight for weight).
     ``on_result`` receives every run as soon as it ends (the CLI appends it to a file, so an
-    interrupted job keeps what it finished).
+    interrupted job keeps what it finished). ``done``: runs already finished (that file, read
+    back by `load_partial`): each is taken as it is instead of being trained again (matched
+    by dataset, architecture, method, seed and variant; ``on_result`` is not called for it),
+    so a resumed job returns what an uninterrupted one would.
     """
     results: list[RunResult] = []
+    prev = {_run_key(r): r for r in done or []}
     mode = mode if mode is not None else ("tune" if tune else "default")
     grids = {(i, m): variants(c, m, mode) for i, c in enumerate(cases) for m in METHODS}
     total = sum(len(g) for g in grids.values()) * len(seeds)
     bar = _progress_bar(total, progress is None)
 
-    def record(r: RunResult, label: str) -> None:
+    def record(r: RunResult, label: str, fresh: bool = True) -> None:
         results.append(r)
-        if on_result is not None:
+        if on_result is not None and fresh:
             on_result(r)
         if bar is not None:
             bar.update(1)
@@ -381,9 +386,12 @@ def compare(cases: list[Case], seeds: list[int],
                     label = f"{case.dataset}/{case.arch} seed {seed} {method} [{name}]"
                     if bar is not None:
                         bar.set_description(label)
-                    r = run(case, data, seed, overrides, name)
+                    r = prev.get((case.dataset, case.arch, method, seed, name))
+                    fresh = r is None
+                    if fresh:
+                        r = run(case, data, seed, overrides, name)
                     mine.append(r)
-                    record(r, label)
+                    record(r, label, fresh)
         chosen = {r.seed: r for r in select([r for r in mine if r.method == "morphonet"])[0]}
         for seed in seeds:
             data = load_dataset(case.dataset, seed=seed)
@@ -392,10 +400,19 @@ def compare(cases: list[Case], seeds: list[int],
                 label = f"{case.dataset}/{case.arch} seed {seed} magnitude [{name}]"
                 if bar is not None:
                     bar.set_description(label)
-                record(run_magnitude(case, data, seed, density, overrides, name), label)
+                r = prev.get((case.dataset, case.arch, "magnitude", seed, name))
+                if r is not None:
+                    record(r, label, fresh=False)
+                else:
+                    record(run_magnitude(case, data, seed, density, overrides, name), label)
     if bar is not None:
         bar.close()
     return results
+
+
+def _run_key(r: RunResult) -> tuple[str, str, str, int, str]:
+    """What identifies a run within one job: dataset, architecture, method, seed, variant."""
+    return r.dataset, r.arch, r.method, r.seed, r.variant
 
 
 def select(results: list[RunResult]) -> tuple[list[RunResult], list[dict[str, Any]]]:
