@@ -22,8 +22,6 @@ For each block, with its deterministic P, C and α:
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Sequence
 from typing import Optional
 
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_instance, check_int
+from ..timing import time_models
 from .models import (
     AutoplasticNet,
     Backbone,
@@ -178,24 +177,13 @@ def reinitialise(model: nn.Module, seed: Optional[int] = None) -> nn.Module:
 @torch.no_grad()
 def measure_latency(model: nn.Module, x: Tensor, repeats: int = 30, warmup: int = 5,
                     threads: Optional[int] = 1) -> dict[str, float]:
-    """Median and 20 / 80% quantiles (ms) of ``model(x)`` in eval mode on ``threads`` torch
-    threads (None: as set), after ``warmup`` calls."""
+    """Median and 20 / 80% quantiles (ms) of single calls ``model(x)`` in eval mode on
+    ``threads`` torch threads (None: as set), after ``warmup`` calls
+    (`morphonet.timing.time_models`, one model, one call a sample)."""
     check_int("repeats", repeats, 1)
     check_int("warmup", warmup, 0)
-    was, old = model.training, torch.get_num_threads()
-    model.eval()
     if threads is not None:
-        torch.set_num_threads(check_int("threads", threads, 1))
-    try:
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(1e3 * (time.perf_counter() - t0))
-    finally:
-        torch.set_num_threads(old)
-        model.train(was)
-    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7]}
+        check_int("threads", threads, 1)
+    res = time_models({"model": model}, x, rounds=repeats, warmup=warmup, threads=threads,
+                      min_sample_ms=0)["model"]
+    return {k: res[k] for k in ("median_ms", "p20_ms", "p80_ms")}

@@ -27,8 +27,8 @@ learns the FLOP fraction closest (in log) to ``calibrate_flops``; the expand ste
 corrects any miss. ``strength_scale`` (a dict
 {regulariser: scale}) skips the calibration.
 
-CPU latency: every final model against the full-width model, measured in turn (fastest of
-five rounds of ``torch.utils.benchmark`` medians each), batch ``latency_batch``, one thread.
+CPU latency: every final model against the full-width model, interleaved
+(`morphonet.timing.time_models`, median of five rounds), batch ``latency_batch``, one thread.
 Statistics: paired differences per seed with a 95% t-interval (`morphonet.stats.paired`).
 Which MorphNet regulariser is reported as "MorphNet" is chosen on validation accuracy only.
 """
@@ -54,6 +54,7 @@ from ..data import load_dataset
 from ..files import append_record, atomic_write, read_records, write_json
 from ..loop import Hook, TrainLoop, accuracy, torch_threads
 from ..stats import interval, paired
+from ..timing import time_models
 from .api import expand_widths
 from .graph import trace
 from .models import build
@@ -179,20 +180,13 @@ def _widths_by_producer(model: nn.Module, example: torch.Tensor) -> dict[str, in
 def measure_latency(models: list[nn.Module], example: torch.Tensor, batch: int,
                     rounds: int = 5) -> list[float]:
     """Seconds of one forward of ``batch`` rows shaped like ``example`` for each model, on the
-    CPU, one thread, eval mode, no gradients (``torch.utils.benchmark``). The models are
-    measured in turn, ``rounds`` times, and each gets its fastest round's median: background
-    load on the machine then slows every model alike instead of biasing a ratio."""
-    from torch.utils import benchmark
-
+    CPU, one thread, eval mode, no gradients: the median of ``rounds`` interleaved rounds of
+    `morphonet.timing.time_models` (each round times every model once, in a rotating order, so
+    background load on the machine slows every model alike instead of biasing a ratio)."""
     x = torch.randn((batch,) + tuple(example.shape[1:]))
-    ms = [copy.deepcopy(m).cpu().eval() for m in models]
-    best = [math.inf] * len(ms)
-    with torch.no_grad():
-        for _ in range(rounds):
-            for i, m in enumerate(ms):
-                t = benchmark.Timer("m(x)", globals={"m": m, "x": x}, num_threads=1)
-                best[i] = min(best[i], float(t.blocked_autorange(min_run_time=0.2).median))
-    return best
+    ms = {str(i): copy.deepcopy(m).cpu().eval() for i, m in enumerate(models)}
+    res = time_models(ms, x, rounds=rounds, threads=1)
+    return [res[str(i)]["median_ms"] / 1e3 for i in range(len(models))]
 
 
 class _Runner:
