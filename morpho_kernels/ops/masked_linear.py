@@ -15,7 +15,14 @@ Backends, chosen per call (MORPHO_BACKEND forces one):
 * reference pure PyTorch (any device and float dtype).
 
 Saved for backward: x, W, M and the 0-dim temperature; nothing of the weight's size is created
-for backward beyond the parameters themselves.
+for backward beyond the parameters themselves. The Triton backward allocates no (N, K) tensor
+beyond dW and dM (W ⊙ s lives in dM's buffer until the in-place epilogue overwrites it; G is
+written straight into dW).
+
+Host path: eager calls go through a plain torch.autograd.Function (`_MaskedLinearFunction`);
+under torch.compile (`torch.compiler.is_compiling()`) the custom op `morpho::masked_linear`,
+whose autograd calls `morpho::masked_linear_backward`. Both run the same `_forward` and
+`_backward_impl`.
 """
 
 from __future__ import annotations
@@ -101,9 +108,10 @@ def _forward_ext(x2: Tensor, weight: Tensor, mask_logits: Tensor, t: Tensor,
     return torch.nn.functional.linear(x2, weff, bias)
 
 
-@torch.library.custom_op("morpho::masked_linear", mutates_args=())
-def _masked_linear_op(x: Tensor, weight: Tensor, mask_logits: Tensor, temperature: Tensor,
-                      bias: Optional[Tensor]) -> Tensor:
+def _forward(x: Tensor, weight: Tensor, mask_logits: Tensor, temperature: Tensor,
+             bias: Optional[Tensor]) -> Tensor:
+    """The forward on the chosen backend (the body of the custom op and of the eager
+    autograd.Function)."""
     backend = DISPATCH.choose(_spec(x, weight))
     _check_temperature_value(temperature)
     n, k = weight.shape
@@ -118,6 +126,12 @@ def _masked_linear_op(x: Tensor, weight: Tensor, mask_logits: Tensor, temperatur
     return y.reshape(*x.shape[:-1], n)
 
 
+@torch.library.custom_op("morpho::masked_linear", mutates_args=())
+def _masked_linear_op(x: Tensor, weight: Tensor, mask_logits: Tensor, temperature: Tensor,
+                      bias: Optional[Tensor]) -> Tensor:
+    return _forward(x, weight, mask_logits, temperature, bias)
+
+
 @_masked_linear_op.register_fake
 def _masked_linear_fake(x, weight, mask_logits, temperature, bias):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
@@ -128,17 +142,23 @@ def _masked_linear_fake(x, weight, mask_logits, temperature, bias):
 
 def _backward_triton(g2, x2, weight, mask_logits, t, need_x, need_wm):
     dx = dw = dm = None
-    fused = g2.shape[0] <= fused_max_tokens()
-    if need_wm:
-        if fused:
+    if g2.shape[0] <= fused_max_tokens():
+        if need_wm:
             dw, dm = _tk.masked_linear_bwd_wm(g2, x2, weight, mask_logits, t)
-        else:
-            dw, dm = _tk.masked_weight_backward(g2.t() @ x2, weight, mask_logits, t)
-    if need_x:
-        if fused:
+        if need_x:
             dx = _tk.masked_mm(g2, weight, mask_logits, t, None, transpose=False)
-        else:
-            dx = g2 @ _tk.masked_weight(weight, mask_logits, t)
+        return dx, dw, dm
+    if not need_wm:  # dX alone: the effective weight is the one (N, K) temporary
+        return g2 @ _tk.masked_weight(weight, mask_logits, t), None, None
+    # No (N, K) tensor beyond the two results (issue 22: was G, W ⊙ s and a copy, +3 N×K at
+    # the peak): W ⊙ s goes into dM's buffer for dX, G = dYᵀX straight into dW, and the
+    # epilogue turns G into dW and overwrites dM in place.
+    dm = torch.empty(weight.shape, dtype=mask_logits.dtype, device=weight.device)
+    if need_x:
+        dx = g2 @ _tk.masked_weight(weight, mask_logits, t, out=dm)  # (tokens, K)
+    dw = torch.mm(g2.t(), x2, out=torch.empty(weight.shape, dtype=weight.dtype,
+                                              device=weight.device))  # G (N, K)
+    _tk.masked_weight_backward_(dw, weight, mask_logits, t, dm)
     return dx, dw, dm
 
 
@@ -152,11 +172,9 @@ def _backward_ext(g2, x2, weight, mask_logits, t, need_x, need_wm):
     return dx, dw, dm
 
 
-@torch.library.custom_op("morpho::masked_linear_backward", mutates_args=())
-def _masked_linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, mask_logits: Tensor,
-                               temperature: Tensor, need_x: bool, need_wm: bool,
-                               need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dW, dM, db); a gradient that was not asked for comes back as an empty tensor."""
+def _backward_impl(grad_out: Tensor, x: Tensor, weight: Tensor, mask_logits: Tensor,
+                   temperature: Tensor, need_x: bool, need_wm: bool, need_bias: bool):
+    """(dx, dW, dM, db) on the chosen backend; None for a gradient not asked for."""
     backend = DISPATCH.choose(_spec(x, weight))
     n, k = weight.shape
     g2 = grad_out.reshape(-1, n)  # (tokens, N); may be stride-0 (expanded), kernels take strides
@@ -170,14 +188,22 @@ def _masked_linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, mask
     else:
         dx, dw, dm, _ = reference.masked_linear_backward(g2, x2, weight, mask_logits,
                                                          temperature, False)
-    empty = grad_out.new_empty(0)
-    dx = dx.reshape(x.shape) if need_x else empty
+    dx = dx.reshape(x.shape).contiguous() if need_x else None
     acc = torch.float64 if g2.dtype == torch.float64 else torch.float32
-    db = g2.sum(0, dtype=acc).to(grad_out.dtype) if need_bias else empty.clone()
-    if need_wm:  # contiguous on every backend, as the fake kernel says (weights may be views)
-        dw, dm = dw.contiguous(), dm.contiguous()
-    return (dx.contiguous(), dw if need_wm else empty.clone(), dm if need_wm else empty.clone(),
-            db)
+    db = g2.sum(0, dtype=acc).to(grad_out.dtype) if need_bias else None
+    # contiguous on every backend, as the fake kernel says (weights may be views)
+    dw, dm = (dw.contiguous(), dm.contiguous()) if need_wm else (None, None)
+    return dx, dw, dm, db
+
+
+@torch.library.custom_op("morpho::masked_linear_backward", mutates_args=())
+def _masked_linear_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, mask_logits: Tensor,
+                               temperature: Tensor, need_x: bool, need_wm: bool,
+                               need_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dW, dM, db); a gradient that was not asked for comes back as an empty tensor."""
+    grads = _backward_impl(grad_out, x, weight, mask_logits, temperature, need_x, need_wm,
+                           need_bias)
+    return tuple(grad_out.new_empty(0) if g is None else g for g in grads)
 
 
 @_masked_linear_backward_op.register_fake
@@ -212,6 +238,26 @@ def _backward(ctx, grad_out):
 
 
 _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _MaskedLinearFunction(torch.autograd.Function):
+    """The eager path: the same forward and backward as the custom op without its dispatch
+    layers (schema parsing, autograd and fake-kernel registrations, ~0.25 ms of host time per
+    fwd+bwd on an H100, issue 22). torch.compile traces the custom op instead."""
+
+    @staticmethod
+    def forward(ctx, x, weight, mask_logits, temperature, bias):
+        ctx.save_for_backward(x, weight, mask_logits, temperature)
+        ctx.has_bias = bias is not None
+        return _forward(x, weight, mask_logits, temperature, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mask_logits, temperature = ctx.saved_tensors
+        need_x, need_w, need_m, _, need_b = ctx.needs_input_grad
+        dx, dw, dm, db = _backward_impl(grad_out, x, weight, mask_logits, temperature, need_x,
+                                        need_w or need_m, bool(need_b and ctx.has_bias))
+        return dx, dw if need_w else None, dm if need_m else None, None, db
 
 
 # ----------------------------------------------------------------------------- public function
@@ -293,11 +339,18 @@ def masked_linear(x: Tensor, weight: Tensor, mask_logits: Tensor,
         BackendUnavailableError when MORPHO_BACKEND forces a backend that cannot serve the call.
     """
     _validate(x, weight, mask_logits, bias)
-    if torch.is_autocast_enabled(x.device.type):
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if autocast:
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight, mask_logits = x.to(dtype), weight.to(dtype), mask_logits.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     _validate_dtypes(x, weight, mask_logits, bias)
     t = _temperature_tensor(temperature, x)
+    # torch.compile traces the custom op (fake kernel, one graph node); eager calls take the
+    # plain autograd.Function, whose host path is a few Python calls
+    apply = (_masked_linear_op if torch.compiler.is_compiling()
+             else _MaskedLinearFunction.apply)
+    if not autocast:
+        return apply(x, weight, mask_logits, t, bias)
     with torch.autocast(x.device.type, enabled=False):
-        return _masked_linear_op(x, weight, mask_logits, t, bias)
+        return apply(x, weight, mask_logits, t, bias)

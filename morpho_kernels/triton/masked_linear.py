@@ -224,11 +224,14 @@ def masked_mm(a: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
 
 
 def masked_weight(weight: torch.Tensor, mask_logits: torch.Tensor,
-                  temperature: torch.Tensor) -> torch.Tensor:
-    """W ⊙ σ(L/T) in one pass (a temporary for the vendor GEMM)."""
+                  temperature: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """W ⊙ σ(L/T) in one pass, into ``out`` (contiguous, W's shape) when given: the backward
+    writes it into dM's buffer, so it is no extra (N, K) tensor."""
     w = weight.contiguous()
     lg = mask_logits.contiguous()
-    out = torch.empty_like(w)
+    if out is None:
+        out = torch.empty_like(w)
+    assert out.is_contiguous() and out.shape == w.shape
     numel = w.numel()
     if numel:
         block = 4096 if INTERPRET else 1024
@@ -243,13 +246,26 @@ def masked_weight_backward(grad: torch.Tensor, weight: torch.Tensor, mask_logits
     """(dW, dM) = (G·s, G·W·s(1−s)/T) with s = σ(L/T), from G = dL/d(W ⊙ s), in one pass."""
     g, w, lg = grad.contiguous(), weight.contiguous(), mask_logits.contiguous()
     dw, dm = torch.empty_like(w), torch.empty_like(lg)
+    _epilogue(g, w, lg, temperature, dw, dm)
+    return dw, dm
+
+
+def masked_weight_backward_(g_dw: torch.Tensor, weight: torch.Tensor, mask_logits: torch.Tensor,
+                            temperature: torch.Tensor, dm: torch.Tensor) -> None:
+    """The same epilogue in place: reads G from ``g_dw`` and overwrites it with dW, writes dM
+    into ``dm`` (both contiguous, W's shape). Each element is read and written by the same
+    thread, so the aliasing is safe; it saves the (N, K) G a separate dW would need."""
+    assert g_dw.is_contiguous() and dm.is_contiguous() and g_dw.shape == dm.shape
+    _epilogue(g_dw, weight.contiguous(), mask_logits.contiguous(), temperature, g_dw, dm)
+
+
+def _epilogue(g, w, lg, temperature, dw, dm) -> None:
     numel = w.numel()
     if numel:
         block = 4096 if INTERPRET else 1024
         with on_device(w):
             _masked_weight_bwd_kernel[(triton.cdiv(numel, block),)](
                 g, w, lg, temperature, dw, dm, numel, BLOCK=block)
-    return dw, dm
 
 
 def masked_linear_bwd_wm(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
