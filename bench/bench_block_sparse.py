@@ -3,7 +3,9 @@
 impl:
   morpho     mk.block_sparse_linear with the backend chosen per call (recorded in `backend`)
   dense      F.linear(x, W) on the densified weight (cuBLAS / MKL): the peer to beat
-  torch_bsr  F.linear(x, W.to_sparse_bsr(b)) (forward only: torch has no BSR backward)
+  torch_bsr  F.linear(x, W.to_sparse_bsr(b)) (forward only: torch has no BSR backward); on
+             CUDA torch's BSR Triton kernel runs its default meta-parameters, tuned on A100s:
+             its records say `note: untuned on H100`
   torch_csr  CPU only: F.linear(x, W.to_sparse_csr()) (forward only)
   regrow     one BlockSparseLinear.regrow of 10% of the blocks (mode `regrow`), with the
              morpho fwd+bwd step of the same case to compare against; on CUDA also mode
@@ -13,17 +15,25 @@ impl:
              is what the regrow adds to a training loop (on GPU its launches overlap the
              step's queued kernels); `train_step+regrow_graphed` likewise with GraphedRegrow
 mode: fwd (no autograd graph), fwd+bwd (forward, backward to x, values / weight and bias).
+Every fwd+bwd sets the gradients of its parameters to None after each iteration, morpho's and
+the dense peer's alike (an accumulating peer would pay an extra add per parameter). morpho and
+dense records carry `tflops` (the live blocks' FLOPs: 2·tokens·n·k·density per GEMM, three
+GEMMs for fwd+bwd).
 
 Usage:
   python bench/bench_block_sparse.py                  # CPU grid (fp32, 256 tokens)
   python bench/bench_block_sparse.py --quick          # seconds
   python bench/bench_block_sparse.py --device cuda    # GPU grid incl. the issue's targets
+  python bench/bench_block_sparse.py --targets        # only issue 22's targets (bf16, b128,
+      8192 tokens, 8192², 90% and 50%; morpho and dense, fwd and fwd+bwd, no regrow), the
+      kernels tuned among block_sparse.GPU_SCRIPT_CONFIGS only (2-3 each): minutes on an H100
 Records go to bench/results/block_sparse.jsonl; a ratio summary is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -44,6 +54,8 @@ GRIDS = {
     # a run cut short by a time limit still measures them
     "cuda": (8192, [8192, 4096, 2048], [128, 64, 32], [0.5, 0.75, 0.9, 0.95],
              [torch.bfloat16, torch.float32]),
+    # issue 22's targets: fwd+bwd ≥ 5× dense at 90% block sparsity, ≥ 1.6× at 50%
+    "targets": (8192, [8192], [128], [0.9, 0.5], [torch.bfloat16]),
 }
 
 
@@ -54,16 +66,20 @@ def _layer(n: int, block: int, sparsity: float, dtype, device) -> BlockSparseLin
     return layer
 
 
-def _peers(layer: BlockSparseLinear, device: str, mode: str) -> dict:
+def _dense_trainable(layer: BlockSparseLinear):
+    """(F.linear on a dense copy of the layer, its parameters): the fwd+bwd peer."""
+    wd = layer.dense_weight().clone().requires_grad_()
+    bd = layer.bias.detach().clone().requires_grad_()
+    return (lambda x: F.linear(x, wd, bd)), [wd, bd]
+
+
+def _peers(layer: BlockSparseLinear, device: str, targets_only: bool = False) -> dict:
+    """Forward peers: dense, and unless ``targets_only`` torch's BSR (CSR on CPU)."""
     w = layer.dense_weight()
     b = layer.bias.detach()
-    peers = {}
-    if mode == "fwd+bwd":
-        wd = w.clone().requires_grad_()
-        bd = b.clone().requires_grad_()
-        peers["dense"] = lambda x: F.linear(x, wd, bd)
+    peers = {"dense": lambda x: F.linear(x, w, b)}
+    if targets_only:
         return peers
-    peers["dense"] = lambda x: F.linear(x, w, b)
     for name, conv in (("torch_bsr", lambda: w.to_sparse_bsr(layer.block_size)),
                        ("torch_csr", lambda: w.to_sparse_csr())):
         if name == "torch_csr" and device != "cpu":
@@ -78,7 +94,7 @@ def _peers(layer: BlockSparseLinear, device: str, mode: str) -> dict:
 
 
 def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, sparsity: float,
-               dtype: torch.dtype) -> None:
+               dtype: torch.dtype, targets_only: bool = False) -> None:
     layer = _layer(n, block, sparsity, dtype, device)
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(tokens, n, device=device, dtype=dtype, generator=g)
@@ -92,14 +108,24 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
         med, p20, p80 = time_ms(fn, device)
         backend = DISPATCH.last if backend == "morpho" else None  # read after the calls
         if backend == "triton" and not mode.startswith("regrow"):
-            from morpho_kernels.triton.block_sparse import tuned_configs
+            from morpho_kernels.triton import block_sparse as tbs
 
-            tuned = {"tuned": tuned_configs(tokens, shape["blocks"])}  # what autotune chose
+            tuned = {"tuned": tbs.tuned_configs(tokens, shape["blocks"])}  # autotune's choice
+            if mode == "fwd+bwd":
+                tuned["sdd_split"] = tbs.last_sdd_split  # token chunks of the dW launch
         else:
             tuned = {}
+        if impl in ("morpho", "dense") and mode in ("fwd", "fwd+bwd"):
+            gemms = 1 if mode == "fwd" else 3
+            flops = 2 * tokens * n * n * (1.0 - sparsity) * gemms
+            extra_tflops = {"tflops": flops / (med * 1e-3) / 1e12}
+        else:
+            extra_tflops = {}
+        if impl == "torch_bsr" and device.startswith("cuda"):
+            extra_tflops["note"] = "untuned on H100 (torch's BSR Triton kernel, default meta)"
         rec.add(**common, shape=shape, impl=impl, mode=mode, median_ms=med, p20_ms=p20,
                 p80_ms=p80, peak_mem_mb=peak_mem_mb(fn, device), backend=backend,
-                **tuned, **extra(med))
+                **tuned, **extra_tflops, **extra(med))
         return med
 
     def fwd(fn):
@@ -118,11 +144,13 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
         return run
 
     record("morpho", "fwd", fwd(layer), "morpho")
-    for name, fn in _peers(layer, device, "fwd").items():
+    for name, fn in _peers(layer, device, targets_only).items():
         record(name, "fwd", fwd(fn))
     step = record("morpho", "fwd+bwd", fwd_bwd(layer, list(layer.parameters())), "morpho")
-    dense = _peers(layer, device, "fwd+bwd")["dense"]
-    record("dense", "fwd+bwd", fwd_bwd(dense, []))
+    dense, dense_params = _dense_trainable(layer)
+    record("dense", "fwd+bwd", fwd_bwd(dense, dense_params))  # grads reset like morpho's
+    if targets_only:
+        return
     # one regrow of 10% of the blocks, scores fixed (the layout keeps changing across reps)
     opt = torch.optim.AdamW(layer.parameters(), lr=1e-4)
     fwd_bwd(layer, [])()
@@ -222,11 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sparsities", type=float, nargs="*", help="override block sparsities")
     p.add_argument("--dtypes", nargs="*", help="override dtypes, e.g. bfloat16 float32")
     p.add_argument("--out", help="records file (default bench/results/block_sparse.jsonl)")
+    p.add_argument("--targets", action="store_true",
+                   help="only issue 22's target cases, kernels tuned among "
+                        "block_sparse.GPU_SCRIPT_CONFIGS (a GPU run; --device cpu for a check)")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but CUDA is not available")
-    tokens, sizes, blocks, sparsities, dtypes = GRIDS[
-        "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")]
+    grid = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
+    tokens, sizes, blocks, sparsities, dtypes = GRIDS["targets" if args.targets else grid]
     tokens = args.tokens or tokens
     sizes, blocks = args.sizes or sizes, args.blocks or blocks
     sparsities = args.sparsities or sparsities
@@ -237,10 +268,16 @@ def main(argv: list[str] | None = None) -> None:
     cases = [(d, n, b, s) for d in dtypes for n in sizes for b in blocks for s in sparsities]
     print(f"block_sparse benchmark on {rec.common['device']} ({len(cases)} cases, {tokens} "
           f"tokens), run_id {rec.common['run_id']}", flush=True)
-    for i, (dtype, n, b, s) in enumerate(cases, 1):
-        print(f"  [{i}/{len(cases)}] {str(dtype).replace('torch.', '')} n=k={n} block={b} "
-              f"sparsity={s}", flush=True)
-        bench_case(rec, args.device, tokens, n, b, s, dtype)
+    with contextlib.ExitStack() as stack:
+        if args.targets:  # 2-3 configs per kernel, tuned at each case (MORPHO_AUTOTUNE=1)
+            from morpho_kernels.triton import block_sparse as tbs
+
+            for kernel, allowed in tbs.GPU_SCRIPT_CONFIGS.items():
+                stack.enter_context(tbs.candidate_configs(kernel, *allowed))
+        for i, (dtype, n, b, s) in enumerate(cases, 1):
+            print(f"  [{i}/{len(cases)}] {str(dtype).replace('torch.', '')} n=k={n} block={b} "
+                  f"sparsity={s}", flush=True)
+            bench_case(rec, args.device, tokens, n, b, s, dtype, args.targets)
     print(summarize(rec.records))
     print(f"records: {rec.path}")
 

@@ -61,8 +61,9 @@ try:  # host-side TMA descriptors: Triton >= 3.4 (the project supports 3.6 and 3
 except ImportError:  # pragma: no cover - older Triton: the pointer path only
     TensorDescriptor = None
 
-# kernel name -> config kwargs a test asks for (forced_config); empty in normal use
-_FORCED: dict[str, dict] = {}
+# kernel name -> the config kwargs a test or the GPU script allows (forced_config,
+# candidate_configs): a config runs if its kwargs include one of the dicts; empty in normal use
+_FORCED: dict[str, list[dict]] = {}
 
 # Programs of the persistent grid per CTAS_PER_SM when there is no GPU to ask: an H100 SXM's
 # 132 SMs (the sm_90 target of the compile checks); under the interpreter 3, so that one
@@ -75,8 +76,44 @@ _INTERPRET_SMS = 3
 # shfl against 16 and 1). Longer lists are walked in chunks of 32 (one pipeline drain each).
 _MAXNNZ_CAP = 32
 
+# The 2-3 configs per kernel the short GPU script tunes among at the issue's targets (bf16,
+# b128, 8192 tokens, 8192², 50% / 90%): bench_block_sparse.py --targets.
+GPU_SCRIPT_CONFIGS = {
+    "dsd": [{"BLOCK_M": 128, "BLOCK_R": 64, "GROUP_M": 8},
+            {"BLOCK_M": 128, "BLOCK_R": 128, "GROUP_M": 8},
+            {"BLOCK_M": 256, "BLOCK_R": 64, "GROUP_M": 8}],
+    "sdd": [{"TILE": 128, "BLOCK_M": 64, "BY_ROW": 1, "SPLIT_M": 0},
+            {"TILE": 128, "BLOCK_M": 32, "BY_ROW": 1, "SPLIT_M": 0},
+            {"TILE": 128, "BLOCK_M": 64, "BY_ROW": 1, "SPLIT_M": 1}],
+}
+
+
+def _kernel(kernel: str):
+    kernels = {"dsd": _bs_dsd_kernel, "sdd": _bs_sdd_kernel}
+    if kernel not in kernels:
+        raise ValueError(f"kernel must be one of {sorted(kernels)}, got {kernel!r}")
+    return kernels[kernel]
+
 
 @contextlib.contextmanager
+def candidate_configs(kernel: str, *allowed: dict):
+    """Run `kernel` ("dsd" or "sdd") only with configs whose kwargs include one of the
+    ``allowed`` dicts (e.g. `GPU_SCRIPT_CONFIGS`). Clears the kernel's autotune cache on entry
+    and exit."""
+    k = _kernel(kernel)
+    names = set().union(*(c.kwargs for c in k.configs))
+    unknown = sorted(set().union(*allowed) - names) if allowed else []
+    if unknown:
+        raise ValueError(f"{kernel} configs have no {unknown}; they have {sorted(names)}")
+    _FORCED[kernel] = [dict(a) for a in allowed]
+    k.cache.clear()
+    try:
+        yield
+    finally:
+        _FORCED.pop(kernel, None)
+        k.cache.clear()
+
+
 def forced_config(kernel: str, **kwargs):
     """Run `kernel` ("dsd" or "sdd") only with configs whose kwargs include ``kwargs``.
 
@@ -84,21 +121,11 @@ def forced_config(kernel: str, **kwargs):
     interpreter, which keeps one config per kernel. Clears the kernel's autotune cache on entry
     and exit.
     """
-    kernels = {"dsd": _bs_dsd_kernel, "sdd": _bs_sdd_kernel}
-    if kernel not in kernels:
-        raise ValueError(f"kernel must be one of {sorted(kernels)}, got {kernel!r}")
-    k = kernels[kernel]
-    names = set().union(*(c.kwargs for c in k.configs))
-    unknown = sorted(set(kwargs) - names)
-    if unknown:
-        raise ValueError(f"{kernel} configs have no {unknown}; they have {sorted(names)}")
-    _FORCED[kernel] = kwargs
-    k.cache.clear()
-    try:
-        yield
-    finally:
-        _FORCED.pop(kernel, None)
-        k.cache.clear()
+    return candidate_configs(kernel, kwargs)
+
+
+def _allowed(cfg, forced: list[dict]) -> bool:
+    return not forced or any(all(cfg.kwargs.get(n) == v for n, v in d.items()) for d in forced)
 
 
 def _prune(dim: str, kernel: str):
@@ -108,9 +135,8 @@ def _prune(dim: str, kernel: str):
 
     def prune(configs, named_args, **kwargs):
         b = kwargs.get("B", named_args.get("B"))
-        forced = _FORCED.get(kernel, {})
-        ok = [c for c in configs if c.kwargs[dim] <= b
-              and all(c.kwargs.get(n) == v for n, v in forced.items())]
+        forced = _FORCED.get(kernel, [])
+        ok = [c for c in configs if c.kwargs[dim] <= b and _allowed(c, forced)]
         if named_args.get("DETERMINISTIC"):  # atomics sum in a varying order: no token split
             ok = [c for c in ok if c.kwargs.get("SPLIT_M", 1) in (0, 1)]
         if not ok:
@@ -491,7 +517,7 @@ def workspace_needed(block: int, deterministic: int) -> bool:
     config may split unless deterministic): a bf16 / fp16 launch allocates the fp32 workspace
     only then."""
     key = (block, deterministic, INTERPRET, os.environ.get("MORPHO_AUTOTUNE", "1"),
-           tuple(sorted(_FORCED.get("sdd", {}).items())))
+           repr(_FORCED.get("sdd")))
     possible = _SPLIT_POSSIBLE.get(key)
     if possible is None:  # memoised: the pruning walks every config (~10 µs a backward)
         kept = _PRUNERS["sdd"](_bs_sdd_kernel.configs, {"DETERMINISTIC": deterministic},
@@ -563,8 +589,8 @@ def sm90_cases() -> list:
     """The kernels' ahead-of-time sm_90 compile checks (`morpho_kernels.triton.sm90`): bf16 at
     the issue's target (b128, 8192 tokens, 8192², 90% block sparsity: 410 live blocks), every
     tuned shape of the TMA path (one tile order / walk each: the order changes only the tile
-    arithmetic outside the K loop) and the default shape of the pointer path; forward (V read
-    transposed) and dX for dsd."""
+    arithmetic outside the K loop) plus `GPU_SCRIPT_CONFIGS`, and the default shape of the
+    pointer path; forward (V read transposed) and dX for dsd."""
     from .sm90 import Case
 
     b, m, n, cap = 128, 8192, 8192, 410
@@ -578,9 +604,11 @@ def sm90_cases() -> list:
     for vt in (True, False):
         for tma in (True, False):
             shapes = _DSD_SHAPES if tma else _DSD_SHAPES[:1]
-            configs = [c for c in _bs_dsd_kernel.configs if c.kwargs["GROUP_M"] == _GROUPS[0]
-                       and tuple(c.kwargs[k] for k in ("BLOCK_M", "BLOCK_R")) in
-                       {s[:2] for s in shapes} and c.kwargs["BLOCK_R"] <= b]
+            configs = [c for c in _bs_dsd_kernel.configs if c.kwargs["BLOCK_R"] <= b and (
+                _allowed(c, GPU_SCRIPT_CONFIGS["dsd"]) if not tma else
+                c.kwargs["GROUP_M"] == _GROUPS[0] and
+                (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_R"]) in {s[:2] for s in shapes})]
+            configs = configs if tma else configs[:1]
             v_dims = (b, "BLOCK_R") if vt else ("BLOCK_R", b)
             args = dict(a_src=desc("BLOCK_M", "BLOCK_R") if tma else "*bf16",
                         v_src=desc(*v_dims) if tma else "*bf16", ptr_ptr="*i32",
@@ -594,8 +622,9 @@ def sm90_cases() -> list:
     for tma in (True, False):
         shapes = _SDD_SHAPES if tma else _SDD_SHAPES[:1]
         configs = [c for c in _bs_sdd_kernel.configs
-                   if (c.kwargs["BY_ROW"], c.kwargs["SPLIT_M"]) == _SDD_WALKS[0]
-                   and (c.kwargs["TILE"], c.kwargs["BLOCK_M"]) in {s[:2] for s in shapes}]
+                   if ((c.kwargs["BY_ROW"], c.kwargs["SPLIT_M"]) == _SDD_WALKS[0]
+                       and (c.kwargs["TILE"], c.kwargs["BLOCK_M"]) in {s[:2] for s in shapes})
+                   or (tma and _allowed(c, GPU_SCRIPT_CONFIGS["sdd"]))]
         args = dict(dy_src=desc("BLOCK_M", "TILE") if tma else "*bf16",
                     x_src=desc("BLOCK_M", "TILE") if tma else "*bf16", rows_ptr="*i32",
                     cols_ptr="*i32", order_ptr="*i32", dv_ptr="*bf16", ws_ptr="*fp32",

@@ -299,6 +299,15 @@ def test_forced_config_rejects_unknown_kernel_and_names():
     with pytest.raises(ValueError, match=r"sdd configs have no \['SPLITM'\]"):
         with tbs.forced_config("sdd", SPLITM=4):
             pass
+    with pytest.raises(ValueError, match=r"dsd configs have no \['BLOCK_N'\]"):
+        with tbs.candidate_configs("dsd", {"GROUP_M": 1}, {"BLOCK_N": 64}):
+            pass
+    assert tbs._FORCED == {}
+    # candidate_configs keeps the configs matching any of its dicts (the GPU script's 2-3)
+    keep = tbs._PRUNERS["dsd"]
+    with tbs.candidate_configs("dsd", {"GROUP_M": 1}, {"GROUP_M": 0}):
+        assert keep(tbs._bs_dsd_kernel.configs, {}, B=16)[0].kwargs["GROUP_M"] in (0, 1)
+        assert tbs._FORCED["dsd"] == [{"GROUP_M": 1}, {"GROUP_M": 0}]
     assert tbs._FORCED == {}
 
 
@@ -324,6 +333,64 @@ def test_deterministic_mode_leaves_out_the_atomic_token_split(backend, monkeypat
             assert tbs.last_sdd_split == 1
     finally:
         torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.parametrize("tma", ["1", "0"])
+def test_triton_tma_and_pointer_paths(tma, backend, monkeypatch):
+    """bf16 runs through TMA descriptors (A, V of dsd; dY, x of sdd) unless MORPHO_TMA=0, which
+    keeps the pointer path; both match the reference. fp32 always takes the pointer path."""
+    from morpho_kernels.triton import block_sparse as tbs
+    monkeypatch.setenv("MORPHO_TMA", tma)
+    made = []
+    real = tbs._descriptor
+    monkeypatch.setattr(tbs, "_descriptor", lambda t, b: made.append(t.shape) or real(t, b))
+    check_backend("triton", (70,), (3, 4), 32, 0.5, torch.bfloat16, backend, empty_row=0,
+                  full_row=2)
+    # forward (x, V), dX (dY, V), dW (dY, x): two descriptors per launch
+    assert len(made) == (6 if tma == "1" else 0)
+    made.clear()
+    check_backend("triton", (5,), (2, 2), 16, 0.5, torch.float32, backend, full_row=0)
+    assert made == []
+
+
+def test_triton_block_lists_longer_than_maxnnz_and_one_program(backend, monkeypatch):
+    """Output blocks whose block list exceeds MAXNNZ are walked in chunks (here MAXNNZ = 2 and
+    a full row / column of 5 / 4 blocks: three and two chunks), and one persistent program
+    walks every tile; both directions and dW against the reference."""
+    from morpho_kernels.triton import block_sparse as tbs
+    monkeypatch.setattr(tbs, "_MAXNNZ_CAP", 2)
+    monkeypatch.setattr(tbs, "_INTERPRET_SMS", 1)
+    assert tbs.maxnnz(5, 100) == 2
+    for dtype in (torch.float32, torch.bfloat16):
+        check_backend("triton", (130,), (4, 5), 16, 0.6, dtype, backend, empty_row=1,
+                      full_row=2)
+
+
+def test_maxnnz_bound_needs_no_device_read():
+    from morpho_kernels.triton import block_sparse as tbs
+    assert tbs.maxnnz(64, 410) == 32  # 8192² b128: every block column, capped at one warp
+    assert tbs.maxnnz(5, 100) == 8 and tbs.maxnnz(64, 3) == 4 and tbs.maxnnz(1, 1) == 2
+    assert tbs.maxnnz(4, 0) == 2
+
+
+def test_triton_bias_gradient_without_values_gradient_and_no_live_block(backend):
+    """dbias comes from dW's launch when dW is computed; frozen values take torch's column
+    sum, and a layout with no live block still gets its bias gradient (db programs only)."""
+    backend("triton")
+    layout, x, v, b, grad = make_case((37,), (3, 2), 16, 0.5, full_row=0)
+    dev = BlockSparseLayout.from_block_mask(layout.block_mask(), 16)
+    xs, bs = x.float().requires_grad_(), b.float().requires_grad_()
+    mk.block_sparse_linear(xs, v.float(), dev, bs).backward(grad.float())
+    torch.testing.assert_close(bs.grad, grad.float().sum(0), atol=1e-5, rtol=1e-5)
+    empty = BlockSparseLayout.from_block_mask(torch.zeros(3, 2, dtype=torch.bool), 16)
+    ve = torch.zeros(0, 16, 16, requires_grad=True)
+    xs, bs = x.float().requires_grad_(), b.float().requires_grad_()
+    y = mk.block_sparse_linear(xs, ve, empty, bs)
+    torch.testing.assert_close(y, b.float().expand(37, 48))
+    y.backward(grad.float())
+    assert bs_mod.DISPATCH.last == "triton"
+    torch.testing.assert_close(bs.grad, grad.float().sum(0), atol=1e-5, rtol=1e-5)
+    assert torch.equal(xs.grad, torch.zeros_like(xs))
 
 
 def test_fp32_workspace_only_when_a_token_split_may_run():

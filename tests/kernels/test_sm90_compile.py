@@ -97,6 +97,14 @@ def test_block_sparse_kernels_compile_clean_for_sm90(version):
     for r in reps:  # the 128-wide configs run warp-group MMAs, asynchronously
         if "TILE: 128" in r["config"] or "dsd" in r["case"]:
             assert r["mma"] == "wgmma" and not r["mma_serialised"], _describe(r)
+    # every config the short GPU script tunes among is one of the checked ones
+    from morpho_kernels.triton.block_sparse import GPU_SCRIPT_CONFIGS
+    checked = [(r["case"].split()[0], dict(kv.split(": ") for kv in r["config"].split(", ")))
+               for r in reps if r["case"].endswith("tma")]
+    for kernel, allowed in GPU_SCRIPT_CONFIGS.items():
+        for want in allowed:
+            assert any(k == kernel and all(cfg.get(n) == str(v) for n, v in want.items())
+                       for k, cfg in checked), f"{kernel} {want} is not checked"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
