@@ -319,7 +319,9 @@ __host__ __device__ void thread_channel(const Params<T>& p, long long c, long lo
   const long long f_begin = split * p.per_split;
   const long long f_end = f_begin + p.per_split < n ? f_begin + p.per_split : n;
   // (o, i) of f advanced by kThreads without a 64-bit division per value (one per thread)
-  const long long f0 = f_begin + tid, dq = kThreads / p.inner, dr = kThreads % p.inner;
+  const long long f0 = f_begin + tid;
+  if (f0 >= f_end) return;  // also inner == 0 (nothing to read, no division by 0)
+  const long long dq = kThreads / p.inner, dr = kThreads % p.inner;
   long long o = f0 / p.inner, i = f0 - o * p.inner;
   for (long long f = f0; f < f_end; f += kThreads) {
     acc.add(0, p.x[(o * p.C + c) * p.inner + i]);
