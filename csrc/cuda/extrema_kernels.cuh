@@ -250,7 +250,8 @@ template <typename T>
 struct Params {
   const T* x;
   long long outer, C, inner;  // x viewed as (outer, C, inner), contiguous
-  long long per_split;        // rows (inner == 1) or values (inner > 1) of a channel per block
+  long long per_split;        // rows of a block; channels: rows o, or values of i (see below)
+  long long splits_per_row;   // channels only: 0, or blocks per row o (inner split in spans)
   T low, high;                // exact: x < low ⇔ x < low_double, x > high ⇔ x > high_double
   // workspace: (S, C) partials, then one ticket per tile (zeroed before the launch)
   long long *ws_lo, *ws_hi;
@@ -309,25 +310,36 @@ __host__ __device__ void thread_columns(const Params<T>& p, long long tile, long
   acc.flush();
 }
 
-// Channels layout (inner > 1): thread `tid` of the block (channel c, split) strides over the
-// channel's outer·inner values. Scalar (not the issue's target shape).
+// Channels layout (inner > 1), block (channel c, split), scalar (not the issue's target shape).
+// Either (splits_per_row == 0) the block takes per_split whole rows o of the channel, its threads
+// striding over their o·inner + i, or (inner large) each row o is cut into splits_per_row spans
+// of per_split values of i. Index arithmetic without 64-bit divisions (a subroutine that
+// spilled registers): 32-bit ones of tid or split only.
 template <typename T>
 __host__ __device__ void thread_channel(const Params<T>& p, long long c, long long split, int tid,
                                         ColumnAcc<T, 1>& acc) {
   acc.init(p.low, p.high);
-  const long long n = p.outer * p.inner;
-  const long long f_begin = split * p.per_split;
-  const long long f_end = f_begin + p.per_split < n ? f_begin + p.per_split : n;
-  // (o, i) of f advanced by kThreads without a 64-bit division per value (one per thread)
-  const long long f0 = f_begin + tid;
-  if (f0 >= f_end) return;  // also inner == 0 (nothing to read, no division by 0)
-  const long long dq = kThreads / p.inner, dr = kThreads % p.inner;
-  long long o = f0 / p.inner, i = f0 - o * p.inner;
-  for (long long f = f0; f < f_end; f += kThreads) {
-    acc.add(0, p.x[(o * p.C + c) * p.inner + i]);
-    o += dq;
-    i += dr;
-    if (i >= p.inner) i -= p.inner, ++o;
+  if (p.inner <= 0 || p.per_split <= 0) return;  // no values (and no division by 0)
+  if (p.splits_per_row == 0) {
+    const long long o_end = (split + 1) * p.per_split < p.outer ? (split + 1) * p.per_split : p.outer;
+    const bool small = p.inner <= kThreads;  // then kThreads / inner etc. are 32-bit divisions
+    const int in = small ? static_cast<int>(p.inner) : 1;
+    long long o = split * p.per_split + (small ? tid / in : 0);
+    long long i = small ? tid % in : tid;  // < inner
+    const long long dq = small ? kThreads / in : 0, dr = small ? kThreads % in : kThreads;
+    while (o < o_end) {  // advance (o, i) by kThreads values; dr < inner
+      acc.add(0, p.x[(o * p.C + c) * p.inner + i]);
+      o += dq;
+      i += dr;
+      if (i >= p.inner) i -= p.inner, ++o;
+    }
+  } else {
+    const unsigned k = static_cast<unsigned>(p.splits_per_row);  // split, k < 2^16 (the grid)
+    const long long o = static_cast<unsigned>(split) / k;
+    const long long i0 = (split - o * k) * p.per_split;
+    const long long i1 = i0 + p.per_split < p.inner ? i0 + p.per_split : p.inner;
+    const T* row = p.x + (o * p.C + c) * p.inner;
+    for (long long i = i0 + tid; i < i1; i += kThreads) acc.add(0, row[i]);
   }
 }
 
@@ -472,7 +484,8 @@ template <> inline __half floor_to(double v) { return __float2half_rd(floor_floa
 struct Plan {
   int vec;                 // columns per thread (inner == 1), 0 for the channels kernel
   long long tiles, S;      // grid (tiles, S)
-  long long per_split;     // rows (columns) / values (channels) of a channel per block
+  long long per_split;     // rows (columns) / rows o or a span of i (channels) per block
+  long long splits_per_row;  // channels: 0 (blocks take whole rows o) or spans per row o
   size_t ws_bytes;         // workspace: (S, C) partials + one ticket per tile
   const char* error;       // non-null: cannot launch (message)
 };
@@ -500,7 +513,7 @@ inline void plan_columns(Plan& pl, long long outer, long long C, long long resid
 // Plan for x (outer, C, inner) at address `ptr`; `resident`: blocks resident at once.
 template <typename T>
 Plan plan(const void* ptr, long long outer, long long C, long long inner, long long resident) {
-  Plan pl{0, 1, 1, 0, 0, nullptr};
+  Plan pl{0, 1, 1, 0, 0, 0, nullptr};
   constexpr int kMaxVec = 16 / sizeof(T);  // 16-byte loads
   const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
   if (inner == 1) {
@@ -516,15 +529,37 @@ Plan plan(const void* ptr, long long outer, long long C, long long inner, long l
     pl.tiles = C > 0 ? C : 1;
     long long S = resident / pl.tiles, by_n = ceil_div(n, kThreads * 4);
     S = S < by_n ? S : by_n;
-    S = S < 65535 ? S : 65535;
+    S = S < 32767 ? S : 32767;  // with the row spans below, at most 2 S blocks: < 65536
     S = S > 1 ? S : 1;
-    pl.per_split = n > 0 ? ceil_div(n, S) : 0;
-    pl.S = n > 0 ? ceil_div(n, pl.per_split) : 1;
-    if (pl.per_split >= 2147483647LL) pl.error = "too many values per block for 32-bit counts";
+    const long long target = n > 0 ? ceil_div(n, S) : 0;  // values per block
+    if (inner <= target || n == 0) {  // whole rows o per block
+      pl.per_split = n > 0 ? ceil_div(target, inner) : 0;
+      pl.S = n > 0 ? ceil_div(outer, pl.per_split) : 1;
+      if (pl.per_split * inner >= 2147483647LL) pl.error = "too many values per block for 32-bit counts";
+    } else {  // outer < S here: rows cut into k spans, S = outer·k ≤ 2 S
+      const long long k = ceil_div(inner, target);
+      pl.per_split = ceil_div(inner, k);
+      pl.splits_per_row = k;
+      pl.S = outer * k;
+      if (pl.per_split >= 2147483647LL) pl.error = "too many values per block for 32-bit counts";
+    }
     if (C > 2147483647LL) pl.error = "at most 2^31 - 1 channels";
   }
   pl.ws_bytes = partials_bytes(pl.S, C) + align16(pl.tiles * sizeof(unsigned));
   return pl;
+}
+
+// The kernels' arguments but for workspace and outputs.
+template <typename T>
+Params<T> make_params(const Plan& pl, const T* x, long long outer, long long C, long long inner,
+                      double low, double high) {
+  Params<T> p{};
+  p.x = x;
+  p.outer = outer, p.C = C, p.inner = inner;
+  p.per_split = pl.per_split, p.splits_per_row = pl.splits_per_row;
+  p.low = ceil_to<T>(low);
+  p.high = floor_to<T>(high);
+  return p;
 }
 
 #ifdef __CUDACC__
@@ -576,11 +611,7 @@ template <typename T>
 cudaError_t launch(const Plan& pl, const T* x, long long outer, long long C, long long inner,
                    double low, double high, void* ws, long long* below, long long* above,
                    float* mean, float* mn, float* mx, long long* count, cudaStream_t stream) {
-  Params<T> p;
-  p.x = x;
-  p.outer = outer, p.C = C, p.inner = inner, p.per_split = pl.per_split;
-  p.low = ceil_to<T>(low);
-  p.high = floor_to<T>(high);
+  Params<T> p = make_params(pl, x, outer, C, inner, low, high);
   char* w = static_cast<char*>(ws);
   const long long n = pl.S * C;
   p.ws_lo = reinterpret_cast<long long*>(w);

@@ -144,12 +144,13 @@ def test_ext_checks_and_opcheck():
 # ----------------------------------------------------------------------------- CUDA (issue 22)
 # The one-kernel CUDA path (csrc/cuda/extrema_kernels.cuh): every path the launcher picks
 # (16-byte vectors at C % 8 == 0 for bf16 / fp16, pairs at even C, scalar at odd C or a
-# misaligned pointer, channels where inner > 1), rows that no split divides, more column tiles
-# than resident blocks (3 x 200000), and the last block merging many splits (4099 x 4096).
+# misaligned pointer, channels where inner > 1: whole rows per block, or rows cut into spans at
+# 1 x 2 x 300 x 300), rows that no split divides, more column tiles than resident blocks
+# (3 x 200000), and the last block merging many splits (4099 x 4096).
 # Its SASS and its per-thread code on the host: test_sass.py.
 
 CUDA_SHAPES = [(1, 1), (7, 5), (1001, 123), (1001, 129), (77, 130), (4099, 64), (4099, 4096),
-               (3, 200_000), (3, 5, 4, 7), (2, 64, 33, 9), (0, 5)]
+               (3, 200_000), (3, 5, 4, 7), (2, 64, 33, 9), (1, 2, 300, 300), (0, 5)]
 
 
 def _poison(x: torch.Tensor) -> torch.Tensor:

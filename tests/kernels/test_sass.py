@@ -276,9 +276,11 @@ def run_host(prog: Path, x3: torch.Tensor, low: float, high: float, resident: in
 
 
 # (outer, C, inner): bf16 / fp16 take the 8-wide path at C = 64 and 136 (a partial last tile),
-# the 2-wide one at 130 and 6, the scalar one at odd C, the channels kernel where inner > 1.
+# the 2-wide one at 130 and 6, the scalar one at odd C, the channels kernel where inner != 1
+# (whole rows per block at inner 7 and 257 and 0, rows cut into spans at 3001 and 5000).
 HOST_CASES = [(1003, 64, 1), (1003, 136, 1), (77, 130, 1), (1003, 129, 1), (123, 123, 1),
-              (5, 5, 1), (1, 1, 1), (0, 6, 1), (33, 5, 7), (2, 3, 257)]
+              (5, 5, 1), (1, 1, 1), (0, 6, 1), (33, 5, 7), (2, 3, 257), (3, 2, 3001),
+              (1, 2, 5000), (4, 3, 0)]
 
 
 def _expected_vec(dtype: torch.dtype, c: int, inner: int) -> int:
@@ -330,9 +332,12 @@ def test_host_run_matches_reference(host_program, shape, dtype):
         assert out[5] == int(ref[5])
 
 
-def test_host_cases_cover_every_path():
+def test_host_cases_cover_every_path(host_program):
     assert {_expected_vec(torch.bfloat16, c, i) for _, c, i in HOST_CASES} == {8, 2, 1, 0}
     assert {_expected_vec(torch.float32, c, i) for _, c, i in HOST_CASES} == {4, 1, 0}
+    spans = {run_host(host_program, torch.zeros(s), 0.0, 1.0, 7, 0)[0].split("spans=")[1]
+             for s in HOST_CASES if s[2] != 1}
+    assert "0" in spans and len(spans) > 1, spans  # both ways of splitting a channel
 
 
 def test_host_run_thresholds_exact(host_program):

@@ -9,7 +9,7 @@
 // usage: extrema_host DTYPE OUTER C INNER LOW HIGH RESIDENT FLUSH IN OUT
 //   DTYPE bf16 | f16 | f32 | f64; FLUSH: steps between flushes of the lane counters (0: the
 //   kernel's); IN: x as raw bytes; OUT: below, above (int64 C), mean, min, max (fp32 C), count.
-// Prints "vec=V tiles=T splits=S" (the path taken) on stdout.
+// Prints "vec=V tiles=T splits=S spans=K" (the path taken) on stdout.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -79,14 +79,10 @@ int main_t(char** argv) {
   fclose(f);
   const Plan pl = plan<T>(x, outer, C, inner, resident);
   if (pl.error) return fprintf(stderr, "plan: %s\n", pl.error), 2;
-  printf("vec=%d tiles=%lld splits=%lld\n", pl.vec, pl.tiles, pl.S);
+  printf("vec=%d tiles=%lld splits=%lld spans=%lld\n", pl.vec, pl.tiles, pl.S, pl.splits_per_row);
   std::vector<long long> below(C), above(C);
   std::vector<float> mean(C), mn(C), mx(C);
-  Params<T> p{};
-  p.x = x;
-  p.outer = outer, p.C = C, p.inner = inner, p.per_split = pl.per_split;
-  p.low = ceil_to<T>(low);
-  p.high = floor_to<T>(high);
+  Params<T> p = make_params(pl, x, outer, C, inner, low, high);
   p.below = below.data(), p.above = above.data(), p.mean = mean.data(), p.mn = mn.data();
   p.mx = mx.data();
   std::vector<Stats> total(C, Stats::identity());
