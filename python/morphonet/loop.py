@@ -262,9 +262,10 @@ class DataParallel(Hook):
     rank trains on its own batches (e.g. its `rank_shard` of the data) and the replicas stay
     one model. Put it first in the loop's hooks.
 
-    - `on_fit_start`: every parameter and buffer is broadcast from the group's first rank
-      (as DDP's constructor does), so replicas start equal (before a resume, which then loads
-      the same state on every rank);
+    - `on_fit_start` (or the first `on_epoch_start` when the loop runs epochs without `fit`):
+      every parameter and buffer is broadcast from the group's first rank (as DDP's
+      constructor does), so replicas start equal (before a resume, which then loads the same
+      state on every rank);
     - `after_backward`: every gradient is averaged over the group (one flat all-reduce per
       step), before clipping, the optimizer steps and any hook that reads gradients, so every
       rank takes the same step;
@@ -282,6 +283,7 @@ class DataParallel(Hook):
 
     def __init__(self, group: Any = "auto"):
         self.group = resolve_group(group, "train", "steps")
+        self._synced = False
 
     def _flat(self, tensors: list[Tensor], op: str) -> None:
         """All-reduce ``tensors`` in place as one flat buffer (``op``: "mean" or "src",
@@ -308,11 +310,16 @@ class DataParallel(Hook):
             return
         import torch.distributed as dist
 
+        self._synced = True
         m = loop.model
         self._flat([p.data for p in m.parameters() if p.is_floating_point()], "src")
         for b in m.buffers():  # integer and bool buffers (structure) too, in their own dtype
             if b.numel():
                 dist.broadcast(b.data, dist.get_global_rank(self.group, 0), group=self.group)
+
+    def on_epoch_start(self, loop: TrainLoop, epoch: int) -> None:
+        if not self._synced:
+            self.on_fit_start(loop)
 
     def after_backward(self, loop: TrainLoop) -> None:
         if self.group is not None:  # the same parameters have gradients on every rank

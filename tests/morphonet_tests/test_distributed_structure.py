@@ -102,6 +102,9 @@ def _growth(rank, out):
     for name, group in (("grow", dist.group.WORLD), ("grow_local", None)):
         torch.manual_seed(0)
         model = _growth_net(group)
+        with torch.no_grad():  # replicas start apart: the first epoch broadcasts rank 0's
+            for p in model.parameters():
+                p.add_(0.01 * rank)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         gen = torch.Generator().manual_seed(7)
         crit = torch.nn.CrossEntropyLoss()

@@ -172,6 +172,8 @@ class MultiScaleNetwork(nn.Module):
         self.timing = {"train_s": 0.0, "bookkeeping_s": 0.0, "per_step_s": 0.0, "growth_s": 0.0,
                        "snapshot_s": 0.0}
         self.growth_hook = GrowthHook(self)
+        # one hook for every epoch: it broadcasts the first rank's network once, at the first
+        self._parallel = DataParallel(self.group) if self.group is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
@@ -237,8 +239,7 @@ class MultiScaleNetwork(nn.Module):
         ``connections``, ``val_acc`` (None without val_data), ``val_loss``, ``snapshot`` (id
         or None), ``seconds``, ``bookkeeping_s``, ``phase``, ``credits``.
         """
-        hooks = ([DataParallel(self.group)] if self.group is not None else []) + [
-            self.growth_hook]
+        hooks = ([self._parallel] if self._parallel is not None else []) + [self.growth_hook]
         loop = TrainLoop(self, optimizer, loss_fn=criterion, hooks=hooks,
                          select=None, track_train_acc=True, merge_single_batch=False)
         return loop.run_epoch(loader, epoch, val=self.val_data)
