@@ -13,7 +13,7 @@
 #include <utility>
 
 #include "../graph.h"
-#include "extrema_kernels.cuh"
+#include "extrema_launch.cuh"
 
 namespace morpho {
 namespace {

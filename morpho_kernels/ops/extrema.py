@@ -4,7 +4,7 @@ pass, with a running state that accumulates across batches.
 Order (DESIGN.md convention 1): backends and checks → custom op with fake kernel → public
 function. Kernels: csrc/cpu/extrema.cpp (one pass, per-thread partials),
 csrc/cuda/extrema_kernels.cuh (one kernel per call: packed bf16x2 / fp16x2 arithmetic, the last
-block merges the partials; launched from csrc/cuda/graph.cu); reference:
+block merges the partials; grid and launch in extrema_launch.cuh, called from graph.cu); reference:
 morpho_kernels/reference_graph.py (five passes).
 
 Backends, chosen per call (MORPHO_BACKEND forces one):

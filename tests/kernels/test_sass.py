@@ -1,6 +1,7 @@
 """Checks of the CUDA extrema kernels that need nvcc but no GPU (issue 22, item 6).
 
-csrc/cuda/extrema_kernels.cuh is compiled for sm_90 with the flags torch gives CUDA sources, and:
+csrc/cuda/extrema_kernels.cuh and extrema_launch.cuh are compiled for sm_90 with the flags torch
+gives CUDA sources, and:
 * its SASS is read: instructions per element of the bf16 hot loop stay under a bound that the
   previous kernel (tests/kernels/sass_fixtures/extrema_old.cuh, verbatim) exceeds;
 * ptxas reports no spills and no stack frame for any kernel the launcher can pick;
@@ -26,7 +27,8 @@ import torch
 from morpho_kernels import reference_graph
 
 ROOT = Path(__file__).resolve().parents[2]
-HEADER = ROOT / "csrc" / "cuda" / "extrema_kernels.cuh"
+HEADER = ROOT / "csrc" / "cuda" / "extrema_launch.cuh"  # includes extrema_kernels.cuh
+KERNELS = ROOT / "csrc" / "cuda" / "extrema_kernels.cuh"
 FIXTURES = Path(__file__).resolve().parent / "sass_fixtures"
 # The flags torch.utils.cpp_extension gives every .cu file (no implicit half conversions).
 TORCH_NVCC_FLAGS = ["-std=c++17", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
@@ -227,9 +229,10 @@ def _strip_comments(src: str) -> str:
 
 
 def test_one_launch_and_no_follow_up_kernels():
-    """One kernel launch per call: one `<<<` in the header (launch<T>, kernel chosen by pointer);
-    graph.cu's extrema path launches nothing and runs no ATen op on the results (the old path
-    finished with 8 ATen kernels: sums, amin, amax, a division, casts and fills)."""
+    """One kernel launch per call: one `<<<` in the headers (launch<T>, kernel chosen by
+    pointer); graph.cu's extrema path launches nothing and runs no ATen op on the results (the
+    old path finished with 8 ATen kernels: sums, amin, amax, a division, casts and fills)."""
+    assert "<<<" not in _strip_comments(KERNELS.read_text())
     header = _strip_comments(HEADER.read_text())
     assert header.count("<<<") == 1
     launch = header[header.index("cudaError_t launch("):]

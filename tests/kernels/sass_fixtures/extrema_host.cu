@@ -15,7 +15,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../../../csrc/cuda/extrema_kernels.cuh"
+#include "../../../csrc/cuda/extrema_launch.cuh"
 
 using namespace morpho::extrema;
 
