@@ -89,7 +89,10 @@ def time_models(models: Mapping[str, Callable[..., Any]], inputs: Inputs, *,
     Returns:
         ``{name: {"median_ms", "p20_ms", "p80_ms", "samples_ms", "number", "rounds"}}``; with
         ``reference``, every entry also has ``"speedup"``: ``{"median", "p20", "p80"}`` of the
-        per-round ratio reference time / this model's time (the reference's own is 1).
+        per-round ratio reference time / this model's time (the reference's own is 1), and
+        ``"fastest_ratio"``: the reference's fastest sample / this model's fastest (on a
+        heavily loaded machine, where most samples are preempted, the fastest of each is the
+        closest to the machine's own speed).
     """
     if not isinstance(models, Mapping) or not models:
         raise TypeError("models must be a non-empty mapping {name: callable}")
@@ -134,6 +137,7 @@ def time_models(models: Mapping[str, Callable[..., Any]], inputs: Inputs, *,
         if reference is not None:
             out[n]["speedup"] = quantiles([a / b for a, b in zip(samples[reference],
                                                                  samples[n])])
+            out[n]["fastest_ratio"] = min(samples[reference]) / min(samples[n])
         if log is not None:
             sp = (f", {out[n]['speedup']['median']:.2f}× {reference}" if reference is not None
                   else "")

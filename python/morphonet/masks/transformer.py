@@ -191,7 +191,7 @@ class MorphoSelfAttention(nn.Module):
         o converts (the gates then go: ``head_gates = None``); returns how many projections
         were converted. A neuron-masked o stays a `MorphoLinear` and keeps the gates, which
         read its temperature."""
-        return self._convert_projections(
+        return self.convert_projections(
             lambda layer, dead, scale: convert_layer(layer, block_of(layer, block_size),
                                                      threshold, dead=dead, col_scale=scale))
 
@@ -199,11 +199,11 @@ class MorphoSelfAttention(nn.Module):
         """As `to_block_sparse_`, to `SparseLinear` edge lists (called by
         `morphonet.masks.export.to_edge_list`): a pruned head's connections are left out, the
         gates folded into o's columns."""
-        return self._convert_projections(
+        return self.convert_projections(
             lambda layer, dead, scale: edge_list_layer(layer, threshold, dead=dead,
                                                        col_scale=scale))
 
-    def _convert_projections(self, convert) -> int:
+    def convert_projections(self, convert) -> int:
         """Replace each convertible projection by ``convert(layer, dead, col_scale)`` (dead:
         the connections of pruned heads; col_scale: o's folded gates), in place; returns how
         many were converted."""

@@ -312,7 +312,7 @@ def _other_ms(twin: nn.Module, shapes: Sequence[LayerShape], x: torch.Tensor, ro
               threads: int, rounds: int) -> float:
     """Milliseconds of the dense model outside its planned layers: the whole model and those
     layers alone (plain ``nn.Linear`` of the same shapes on inputs of the same rows), timed
-    interleaved, the difference of their 20% quantiles (as the cost model's figures; at
+    interleaved, the difference of their fastest rounds (as the cost model's figures; at
     least 0)."""
     torch.manual_seed(0)
     lins = [nn.Linear(s.in_features, s.out_features) for s in shapes]
@@ -322,15 +322,16 @@ def _other_ms(twin: nn.Module, shapes: Sequence[LayerShape], x: torch.Tensor, ro
         for lin, xi in zip(lins, xs):
             lin(xi)
 
-    res = time_models({"model": twin, "layers": layers_only}, x, rounds=rounds, threads=threads)
-    return max(0.0, res["model"]["p20_ms"] - res["layers"]["p20_ms"])
+    res = time_models({"model": twin, "layers": layers_only}, x, rounds=rounds, threads=threads,
+                      min_sample_ms=0.5)
+    return max(0.0, min(res["model"]["samples_ms"]) - min(res["layers"]["samples_ms"]))
 
 
 def plan_for_budget(model_or_shapes: Union[nn.Module, Sequence[LayerShape]], *,
                     target_speedup: Optional[float] = None, latency_ms: Optional[float] = None,
                     batch: int = 256, example: Optional[torch.Tensor] = None,
                     cost_model: Optional[CostModel] = None, cache: Optional[str] = None,
-                    kinds: Optional[Sequence[str]] = None, threads: int = 1, rounds: int = 5,
+                    kinds: Optional[Sequence[str]] = None, threads: int = 1, rounds: int = 15,
                     log: Optional[Callable[[str], None]] = None) -> Plan:
     """The structure that meets a latency budget on this machine (module docstring).
 
@@ -369,7 +370,7 @@ def plan_for_budget(model_or_shapes: Union[nn.Module, Sequence[LayerShape]], *,
             cost_model = measure_costs(shapes, rows, threads=threads, rounds=rounds,
                                        cache=cache, log=log)
         twin = dense_twin(model) if isinstance(model, MorphoModel) else model
-        other = _other_ms(twin, shapes, x, rows, threads, max(5, rounds))
+        other = _other_ms(twin, shapes, x, rows, threads, rounds)
     else:
         shapes = list(model_or_shapes)
         for i, s in enumerate(shapes):
@@ -443,22 +444,46 @@ class PlannedTrainer(MorphoTrainer):
                 if isinstance(h, EnforceSparsity) else h for h in super().hooks(group)]
 
 
+def _dense_layer(layer: MaskedLinear, dead: Optional[torch.Tensor] = None,
+                 col_scale: Optional[torch.Tensor] = None) -> nn.Linear:
+    """``layer`` as a plain ``nn.Linear`` with its mask folded in (and, inside attention, the
+    pruned heads' connections zeroed and the head gates folded into o's columns)."""
+    lin = layer.to_linear()
+    with torch.no_grad():
+        if col_scale is not None:
+            lin.weight.mul_(col_scale.to(lin.weight)[None, :])
+        if dead is not None:
+            lin.weight.masked_fill_(dead.to(lin.weight.device), 0.0)
+    return lin
+
+
 def export_plan(model: MorphoModel, plan: Plan) -> nn.Module:
     """The trained ``model`` with each layer in its planned format: ``shrink`` for a neuron
     plan; otherwise an edge list or block-sparse layer per layer, and a plain ``nn.Linear``
-    (mask folded in) for a layer planned dense. Outputs equal the model's."""
+    (mask folded in) for a layer planned dense; a Transformer's attention folds its head gates
+    into o as `to_block_sparse` does. Outputs equal the model's."""
     if plan.granularity == "neuron":
         return shrink(model).eval()
     out = copy.deepcopy(model).eval()
     names = dict(out.named_modules())
-    for lp in plan.layers:
-        layer = names[lp.name]
+    by_id = {id(names[lp.name]): lp for lp in plan.layers}
+
+    def convert(layer, dead=None, col_scale=None):
+        lp = by_id[id(layer)]
         if lp.format == "dense":
-            new: nn.Module = layer.to_linear()
-        elif lp.format == "edge":
-            new = edge_list_layer(layer)
-        else:
-            new = convert_layer(layer, int(lp.format[5:]))
+            return _dense_layer(layer, dead, col_scale)
+        if lp.format == "edge":
+            return edge_list_layer(layer, dead=dead, col_scale=col_scale)
+        return convert_layer(layer, int(lp.format[5:]), dead=dead, col_scale=col_scale)
+
+    for m in list(out.modules()):
+        if hasattr(m, "convert_projections"):  # attention: gates folded, pruned heads dropped
+            m.convert_projections(convert)
+    names = dict(out.named_modules())
+    for lp in plan.layers:
+        layer = names.get(lp.name)
+        if not isinstance(layer, MaskedLinear):  # converted with its attention
+            continue
         parent_name, _, attr = lp.name.rpartition(".")
-        setattr(names[parent_name] if parent_name else out, attr, new)
+        setattr(names[parent_name] if parent_name else out, attr, convert(layer))
     return out

@@ -197,3 +197,44 @@ def test_cost_model_fits_a_non_decreasing_curve():
     cost = CostModel.from_figures({s: {"dense": 4.0, "edge": noisy}}, rows=8)
     fitted = [cost.layer_ms(s, "edge", d) for d, _ in noisy]
     assert fitted == pytest.approx([1.0, 2.0, 2.0, 4.0, 5.0])  # 3 and 1 pooled to their mean
+
+
+def test_planned_transformer_exports_with_gates_folded():
+    from morphonet.masks import MorphoNetTransformer
+    from morphonet.speed import layer_shapes
+
+    base = MorphoConfig(network_type="transformer", task="lm", d_model=32, n_heads=4,
+                        n_layers=1, max_seq_len=8, epochs=3, warmup_epochs=0, seed=0,
+                        batch_size=16)
+    shapes = layer_shapes(MorphoNetTransformer(base, vocab_size=11))
+    assert [s.name for s in shapes][:4] == ["blocks.0.attn.q", "blocks.0.attn.k",
+                                            "blocks.0.attn.v", "blocks.0.attn.o"]
+    cost = CostModel.from_figures({s: {"dense": s.params / 1e3,
+                                       "edge": _lin(0.002, s.params / 1e3)} for s in shapes},
+                                  rows=16)
+    plan = solve_plan(shapes, cost, 0.6 * sum(s.params for s in shapes) / 1e3,
+                      kinds=["element"])
+    assert {lp.format for lp in plan.layers} <= {"edge", "dense"}
+    cfg = plan.morpho_config(base)
+    model = MorphoNetTransformer(cfg, vocab_size=11)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 11, (64, 8), generator=g)
+    y = torch.roll(x, -1, 1)
+    PlannedTrainer(model, plan, cfg, log=lambda s: None).train(x[:48], y[:48], x[48:], y[48:],
+                                                               verbose=False)
+    with torch.no_grad():  # gates away from 1, one head pruned: the export must fold both
+        model.attentions()[0].gates().mask_logits.copy_(torch.tensor([0.3, -1.0, 2.0, 0.0]))
+    model.prune_heads({0: [1]})
+    model.eval()
+    out = export_plan(model, plan)
+    assert all(a.head_gates is None for a in out.attentions())
+    torch.testing.assert_close(out(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_figure_above_a_full_density_format_is_load():
+    s = LayerShape("d", 64, 64)
+    cost = CostModel.from_figures({s: {"dense": 9.0, "block32": [[0.5, 2.0], [1.0, 4.0]]}},
+                                  rows=8)
+    assert cost.dense_ms(s) == 4.0
+    ok = CostModel.from_figures({s: {"dense": 3.0, "block32": [[0.5, 2.0], [1.0, 4.0]]}}, rows=8)
+    assert ok.dense_ms(s) == 3.0

@@ -43,7 +43,10 @@ def test_records_table_plot(quick):
         ("mlp", "cpu", "fp32", 1), ("mlp", "cpu", "fp32", 64), ("gpt", "cpu", "fp32", 64)}
     text = open(os.path.join(cfg.out_dir, "speed.md")).read()
     assert "| element:0.97/edge_list |" in text and "| neuron:0.75/shrink |" in text
-    assert "CPU fp32 b64" in text
+    assert "CPU fp32 b64" in text and "Latency budget (" in text
+    if not torch.cuda.is_available():
+        assert "| GPU fp32 b64 |" in text.replace(" | GPU bf16", "|") or "GPU fp32 b64" in text
+        assert "n/a |" in text
     assert summary["tasks"]["mlp"]["check"]["line"].startswith(("MET", "NOT MET"))
 
 
@@ -64,11 +67,12 @@ def test_budget_met_measured_against_the_dense_twin(quick):
     data = _Data(cfg, "mlp")
     dense = _load(cfg, runs["mlp/dense"], data)
     exported = _exports_of(rec, _load(cfg, rec, data))["budget"]
-    # paired and interleaved with the dense twin, so load on the machine slows both alike;
-    # the budget asked for 1.5×, the check allows the prediction a 25% miss
+    # interleaved with the dense twin; the fastest sample of each, since on the loaded
+    # development machine most samples are preempted (load ~4 on 2 cores); the budget asked
+    # for 1.5×, the check allows the prediction a 25% miss
     res = time_models({"dense": dense, "budget": exported}, data.batch(max(cfg.batches)),
-                      reference="dense", rounds=9)
-    assert res["budget"]["speedup"]["median"] >= 0.75 * cfg.target_speedup
+                      reference="dense", rounds=21, min_sample_ms=0.5)
+    assert res["budget"]["fastest_ratio"] >= 0.75 * cfg.target_speedup
 
 
 def test_cli_quick_render_and_errors(quick, capsys):

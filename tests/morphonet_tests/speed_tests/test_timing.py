@@ -21,6 +21,7 @@ def test_ratio_of_known_durations():
     res = time_models({"slow": _sleeper(6), "fast": _sleeper(2)}, torch.zeros(1),
                       reference="slow", rounds=5, warmup=1, min_sample_ms=0)
     assert 2.0 < res["fast"]["speedup"]["median"] < 3.3
+    assert 2.0 < res["fast"]["fastest_ratio"] < 3.3
     assert res["slow"]["speedup"] == {"median": 1.0, "p20": 1.0, "p80": 1.0}
     assert 5.5 < res["slow"]["median_ms"] < 9.0
     s = res["fast"]
@@ -82,3 +83,12 @@ def test_quantiles():
     assert quantiles([4.0]) == {"median": 4.0, "p20": 4.0, "p80": 4.0}
     with pytest.raises(ValueError, match="values"):
         quantiles([])
+
+
+@pytest.mark.gpu
+def test_cuda_models_are_synchronised():
+    big, small = nn.Linear(2048, 2048).cuda(), nn.Linear(2048, 256).cuda()
+    x = torch.randn(4096, 2048, device="cuda")
+    res = time_models({"big": big, "small": small}, x, reference="big", rounds=5,
+                      threads=None)
+    assert res["small"]["speedup"]["median"] > 2.0  # 8× fewer FLOPs, seen only when synced
