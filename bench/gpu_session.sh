@@ -10,9 +10,11 @@
 #                  bench script's --help, and which arguments each bench stage will get
 #   build          TORCH_CUDA_ARCH_LIST=9.0 pip install --no-build-isolation --no-deps -e .
 #   test           pytest -x tests/kernels (the kernel layer's GPU tests; -n 8 with xdist)
-#   block_sparse   block_sparse fwd+bwd at 90% and 50% block sparsity (b128, 8192 tokens, 8192²,
-#                  bf16) and one regrow of 10% of the blocks inside a training step (its share
-#                  of the step's device time: records train_step+regrow, regrow_over_train_step)
+#   block_sparse   block_sparse fwd and fwd+bwd at 90% and 50% block sparsity (b128, 8192
+#                  tokens, 8192², bf16) against dense
+#   regrow         one regrow of 10% of the blocks inside a training step, 90%, the same shape:
+#                  its share of the step's device time (records train_step+regrow[_graphed],
+#                  regrow_over_train_step; also regrow / regrow_graphed alone)
 #   masked_linear  masked_linear fwd+bwd 8192 × 4096² bf16, steady state and per call, peak memory
 #   ext            extrema_stats bf16 65536×4096 against the device copy measured in the same run
 #                  (bench_ext.py --targets: per call and steady state, copy_fraction)
@@ -21,17 +23,23 @@
 #
 # What the bench stages pass (decided from each script's --help, so the script keeps working
 # while the bench files change):
-#   bench_block_sparse.py   --targets when it offers it: the issue's cases with 2-3 pre-chosen
-#                           configs per kernel, no full autotuning. Otherwise the shapes by hand,
-#                           --tokens 8192 --sizes 8192 --blocks 128 --sparsities 0.9 0.5 --dtypes
-#                           bfloat16, with MORPHO_AUTOTUNE=0 (the first fitting config only: a
-#                           full autotune compiles 24 configs per kernel and direction, minutes).
+#   bench_block_sparse.py   block_sparse: --targets when it offers it (the issue's cases, kernels
+#                           tuned among 2-3 pre-chosen configs each, no regrow). Otherwise the
+#                           shapes by hand, --tokens 8192 --sizes 8192 --blocks 128 --sparsities
+#                           0.9 0.5 --dtypes bfloat16, with MORPHO_AUTOTUNE=0 (the first fitting
+#                           config only: a full autotune compiles 24 configs per kernel and
+#                           direction, minutes).
+#                           regrow: --regrow-targets when it offers it; otherwise the 90% case by
+#                           hand (--tokens 8192 --sizes 8192 --blocks 128 --sparsities 0.9 --dtypes
+#                           bfloat16, MORPHO_AUTOTUNE=0), whose every case times the regrow modes
+#                           (and, at that, its morpho / dense / torch_bsr peers again).
 #   bench_masked_linear.py  --targets when offered (8192 × 4096² bf16, steady state + per call,
 #                           peak memory); otherwise --tokens 8192 --sizes 4096 --dtypes bfloat16.
 #   bench_ext.py            --targets.
 # Environment: OUT (build/gpu_out), PY (python3), SESSION_BUDGET (480 s: later stages get what
 # is left), BUILD_TIMEOUT TEST_TIMEOUT BS_TIMEOUT ML_TIMEOUT EXT_TIMEOUT (per stage, s),
-# BS_ARGS ML_ARGS EXT_ARGS (replace the arguments above), PYTEST_EXTRA (more pytest arguments).
+# REGROW_TIMEOUT, BS_ARGS REGROW_ARGS ML_ARGS EXT_ARGS (replace the arguments above),
+# PYTEST_EXTRA (more pytest arguments).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-build/gpu_out}
@@ -41,12 +49,14 @@ rm -f "$OUT"/help_*.txt  # --help outputs are cached per run only
 export PYTHONUNBUFFERED=1
 export MORPHO_BENCH_COMMIT=${MORPHO_BENCH_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 SESSION_BUDGET=${SESSION_BUDGET:-480}
-BUILD_TIMEOUT=${BUILD_TIMEOUT:-160}   # 3 .cu files + the C++ sources, MAX_JOBS=16
-TEST_TIMEOUT=${TEST_TIMEOUT:-120}
-BS_TIMEOUT=${BS_TIMEOUT:-110}
-ML_TIMEOUT=${ML_TIMEOUT:-50}
-EXT_TIMEOUT=${EXT_TIMEOUT:-25}
-ALL_STAGES=(check build test block_sparse masked_linear ext)
+# limits: 475 s in all, ~5 s left for check (the three --help imports run in parallel)
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-150}   # 3 .cu files + the C++ sources, MAX_JOBS=16
+TEST_TIMEOUT=${TEST_TIMEOUT:-105}
+BS_TIMEOUT=${BS_TIMEOUT:-100}
+REGROW_TIMEOUT=${REGROW_TIMEOUT:-60}
+ML_TIMEOUT=${ML_TIMEOUT:-40}
+EXT_TIMEOUT=${EXT_TIMEOUT:-20}
+ALL_STAGES=(check build test block_sparse regrow masked_linear ext)
 
 DRY=0
 stages=()
@@ -80,6 +90,11 @@ bs_args() {
   elif offers bench/bench_block_sparse.py --targets; then echo "--targets"
   else echo "--tokens 8192 --sizes 8192 --blocks 128 --sparsities 0.9 0.5 --dtypes bfloat16"; fi
 }
+regrow_args() {
+  if [ -n "${REGROW_ARGS:-}" ]; then echo "$REGROW_ARGS"
+  elif offers bench/bench_block_sparse.py --regrow-targets; then echo "--regrow-targets"
+  else echo "--tokens 8192 --sizes 8192 --blocks 128 --sparsities 0.9 --dtypes bfloat16"; fi
+}
 ml_args() {
   if [ -n "${ML_ARGS:-}" ]; then echo "$ML_ARGS"
   elif offers bench/bench_masked_linear.py --targets; then echo "--targets"
@@ -87,7 +102,7 @@ ml_args() {
 }
 ext_args() { echo "${EXT_ARGS:---targets}"; }
 # without --targets, block_sparse would autotune every config: the first fitting one only
-bs_env() { [[ " $(bs_args) " == *" --targets "* ]] && echo "" || echo "MORPHO_AUTOTUNE=${MORPHO_AUTOTUNE:-0}"; }
+autotune_env() { [[ " $1 " == *"-targets "* ]] && echo "" || echo "MORPHO_AUTOTUNE=${MORPHO_AUTOTUNE:-0}"; }
 
 pytest_args() {
   local a="-q -x -p no:cacheprovider tests/kernels"
@@ -99,6 +114,7 @@ pytest_args() {
 stage_limit() {
   case $1 in
     build) echo "$BUILD_TIMEOUT" ;; test) echo "$TEST_TIMEOUT" ;; block_sparse) echo "$BS_TIMEOUT" ;;
+    regrow) echo "$REGROW_TIMEOUT" ;;
     masked_linear) echo "$ML_TIMEOUT" ;; ext) echo "$EXT_TIMEOUT" ;; *) echo 0 ;;
   esac
 }
@@ -107,7 +123,8 @@ stage_cmd() {
   case $1 in
     build) echo "TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY -m pip install -q --no-build-isolation --no-deps -e . && $PY -m morpho_kernels.info" ;;
     test) echo "$PY -m pytest $(pytest_args)" ;;
-    block_sparse) echo "$(bs_env) $PY bench/bench_block_sparse.py --device cuda --out $OUT/block_sparse.jsonl $(bs_args)" ;;
+    block_sparse) echo "$(autotune_env "$(bs_args)") $PY bench/bench_block_sparse.py --device cuda --out $OUT/block_sparse.jsonl $(bs_args)" ;;
+    regrow) echo "$(autotune_env "$(regrow_args)") $PY bench/bench_block_sparse.py --device cuda --out $OUT/regrow.jsonl $(regrow_args)" ;;
     masked_linear) echo "$PY bench/bench_masked_linear.py --device cuda --out $OUT/masked_linear.jsonl $(ml_args)" ;;
     ext) echo "$PY bench/bench_ext.py --device cuda --out $OUT/ext.jsonl $(ext_args)" ;;
   esac
@@ -124,7 +141,8 @@ check() {
   for f in bench/bench_block_sparse.py bench/bench_masked_linear.py bench/bench_ext.py; do
     if bench_help "$f" > /dev/null; then echo "ok   $f --help"; else echo "FAIL $f --help"; ok=1; fi
   done
-  echo "block_sparse args:  $(bs_env) $(bs_args)"
+  echo "block_sparse args:  $(autotune_env "$(bs_args)") $(bs_args)"
+  echo "regrow args:        $(autotune_env "$(regrow_args)") $(regrow_args)"
   echo "masked_linear args: $(ml_args)"
   echo "ext args:           $(ext_args)"
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv

@@ -32,7 +32,7 @@ def test_dry_run(tmp_path):
     out = r.stdout
     for f in ("bench_block_sparse", "bench_masked_linear", "bench_ext"):
         assert f"ok   bench/{f}.py --help" in out, out
-    for stage in ("build", "test", "block_sparse", "masked_linear", "ext"):
+    for stage in ("build", "test", "block_sparse", "regrow", "masked_linear", "ext"):
         assert any(line.startswith(stage + " ") for line in out.splitlines()), (stage, out)
     assert "TORCH_CUDA_ARCH_LIST=9.0" in out and "tests/kernels" in out and " -x" in out
     assert "bench_ext.py --device cuda" in out and "--targets" in out
