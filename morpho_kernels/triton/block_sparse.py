@@ -441,10 +441,19 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
                 or (t.stride(0) * t.element_size()) % 16 or t.data_ptr() % 16
                 or min(t.shape) == 0):
             return False
-        if not INTERPRET and not (t.is_cuda and torch.cuda.get_device_capability(t.device)[0]
-                                  >= 9):
+        if not INTERPRET and not (t.is_cuda and _major(t.device) >= 9):
             return False
     return True
+
+
+_MAJOR: dict[int, int] = {}  # CUDA device index -> compute capability major (TMA from 9)
+
+
+def _major(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MAJOR:
+        _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJOR[index]
 
 
 def _descriptor(t: torch.Tensor, block: int) -> TensorDescriptor:

@@ -94,6 +94,7 @@ class Report:
     """What one compiled config showed; ``problems`` is empty when every check passed."""
 
     case: str
+    kernel: str
     config: str
     triton: str
     num_warps: int
@@ -352,7 +353,8 @@ def check_config(case: Case, cfg) -> Report:
             if ir["mma_serialised"]:
                 problems.append("MMAs serialised (warp_group_dot_wait {pendings = 0} or a "
                                 "synchronous warp_group_dot in the K loop)")
-    return Report(case=case.name, config=_config_str(cfg), triton=triton.__version__,
+    return Report(case=case.name, kernel=fn.__name__, config=_config_str(cfg),
+                  triton=triton.__version__,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages, shared=shared,
                   registers=ptx["registers"], spill_stores=ptx["spill_stores"],
                   spill_loads=ptx["spill_loads"], k_loop=ir["k_loop"], depth=ir["depth"],
@@ -400,8 +402,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 try:
                     rep = check_config(case, cfg).to_dict()
                 except Exception as exc:  # e.g. a signature that changed under its case
-                    rep = {"case": case.name, "config": _config_str(cfg),
-                           "error": f"{type(exc).__name__}: {exc}"}
+                    rep = {"case": case.name, "kernel": _jit_fn(case.kernel).__name__,
+                           "config": _config_str(cfg), "error": f"{type(exc).__name__}: {exc}"}
                 failed |= bool(rep.get("problems", True))
                 _emit(a.json, rep)
     return 0 if a.json or not failed else 1
