@@ -232,10 +232,12 @@ def _solve_neuron(shapes: Sequence[LayerShape], cost: CostModel, budget: float, 
 def solve_plan(shapes: Sequence[LayerShape], cost: CostModel, budget_ms: float,
                dense_ms: Optional[float] = None, other_ms: float = 0.0,
                kinds: Optional[Sequence[str]] = None,
-               granularity_cost: Optional[dict[str, float]] = None) -> Plan:
+               granularity_cost: Optional[dict[str, float]] = None,
+               shrinkable: bool = True) -> Plan:
     """The plan of least predicted capacity loss whose predicted time (``other_ms`` + the
     planned layers) is at most ``budget_ms``, over ``kinds`` ("element", "block<b>",
-    "neuron"; default: every one the cost model measured, and neuron for a chain of layers).
+    "neuron"; default: every one the cost model measured, and neuron for a chain of layers
+    when ``shrinkable``: the model can remove whole units, as a MorphoNet MLP without skips).
     Pure logic on a given `CostModel` (module docstring). `BudgetError` (a ValueError) when
     no kind can meet the budget, with the fastest any reaches."""
     budget_ms = check_real("budget_ms", budget_ms, 0, lo_open=True)
@@ -248,7 +250,8 @@ def solve_plan(shapes: Sequence[LayerShape], cost: CostModel, budget_ms: float,
     measured = set.intersection(*(set(cost.formats(s)) for s in shapes))
     if kinds is None:
         kinds = [k for k in ("element",) + tuple(f"block{b}" for b in BLOCK_SIZES)
-                 if (k if k != "element" else "edge") in measured] + ["neuron"]
+                 if (k if k != "element" else "edge") in measured]
+        kinds += ["neuron"] if shrinkable else []
     results: dict[str, dict[str, Any]] = {}
     for kind in kinds:
         if kind == "neuron":
@@ -359,11 +362,15 @@ def plan_for_budget(model_or_shapes: Union[nn.Module, Sequence[LayerShape]], *,
     threads = check_int("threads", threads, 1)
     check_instance("cost_model", cost_model, CostModel, optional=True)
     other = 0.0
+    shrinkable = True
     if isinstance(model_or_shapes, nn.Module):
         from .models import dense_twin
 
         model = model_or_shapes
         shapes = layer_shapes(model)
+        # neuron masks export by shrink: an MLP without skip connections (the Transformer's
+        # projections look like a chain of shapes but share residual widths)
+        shrinkable = isinstance(model, MorphoNetMLP) and not len(model.skip_gates)
         x = example if example is not None else _example(model, batch)
         rows = int(x.shape[0] * (x.shape[1] if not x.is_floating_point() else 1))
         if cost_model is None:
@@ -383,7 +390,7 @@ def plan_for_budget(model_or_shapes: Union[nn.Module, Sequence[LayerShape]], *,
     dense_ms = other + sum(cost_model.dense_ms(s) for s in shapes)
     budget = latency_ms if latency_ms is not None else dense_ms / target_speedup
     return solve_plan(shapes, cost_model, budget, dense_ms=dense_ms, other_ms=other,
-                      kinds=kinds)
+                      kinds=kinds, shrinkable=shrinkable)
 
 
 # ---------------------------------------------------------------------------- training

@@ -238,3 +238,23 @@ def test_dense_figure_above_a_full_density_format_is_load():
     assert cost.dense_ms(s) == 4.0
     ok = CostModel.from_figures({s: {"dense": 3.0, "block32": [[0.5, 2.0], [1.0, 4.0]]}}, rows=8)
     assert ok.dense_ms(s) == 3.0
+
+
+def test_transformer_is_never_planned_with_neuron_masks():
+    from morphonet.masks import MorphoNetTransformer
+    from morphonet.speed import layer_shapes
+
+    cfg = MorphoConfig(network_type="transformer", task="lm", d_model=32, n_heads=4,
+                       n_layers=1, max_seq_len=8)
+    model = MorphoNetTransformer(cfg, vocab_size=11)
+    shapes = layer_shapes(model)  # q k v o ff1 ff2 head: a chain of shapes, but not shrinkable
+    cost = CostModel.from_figures({s: {"dense": 10.0, "edge": _lin(0.1, 10.0)}
+                                   for s in shapes}, rows=4 * 8)
+    plan = plan_for_budget(model, target_speedup=1.5, batch=4, cost_model=cost, rounds=1)
+    assert "neuron" not in plan.alternatives and plan.granularity == "element"
+    mlp = MorphoNetMLP(MorphoConfig(input_dim=12, hidden_dims=[48, 48], n_classes=4,
+                                    use_skip_connections=False))
+    cost = CostModel.from_figures({s: {"dense": 10.0, "edge": _lin(0.1, 10.0)}
+                                   for s in layer_shapes(mlp)}, rows=4)
+    assert "neuron" in plan_for_budget(mlp, target_speedup=1.5, batch=4, cost_model=cost,
+                                       rounds=1).alternatives
