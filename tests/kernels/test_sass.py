@@ -43,13 +43,14 @@ MAX_INSTR_PER_ELEMENT = 7.0
 
 
 def _tool(name: str) -> str | None:
-    """nvcc from PATH or CUDA_HOME; cuobjdump also from Triton's bundled CUDA tools."""
+    """nvcc from PATH, CUDA_HOME or /usr/local/cuda; cuobjdump also from Triton's bundled
+    CUDA tools."""
     found = shutil.which(name)
     if found:
         return found
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and (Path(home) / "bin" / name).exists():
-        return str(Path(home) / "bin" / name)
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and (Path(home) / "bin" / name).exists():
+            return str(Path(home) / "bin" / name)
     if name == "cuobjdump":
         try:
             import triton.backends.nvidia as tn
