@@ -3,14 +3,16 @@
 Three kernels, each with a launcher that checks, allocates and launches (explicit strides, so
 stride-0 and non-contiguous operands work without copies):
 
-* `_masked_mm_kernel`: C = A @ op(W ⊙ σ(L/T)) with the sigmoid fused into the B-operand load.
-  Serves the forward (op = transpose) and dX = dY @ (W ⊙ s) (op = identity) for small token
-  counts. Every row-block of A recomputes σ for its B tiles, so it only pays while there are few
-  row-blocks (DESIGN.md: at 8192 tokens × 4096² that is ~1e9 sigmoids).
+* `_masked_mm_kernel`: C = A @ op(W ⊙ σ(L/T)) with the sigmoid fused into the weight-operand
+  load, computed as Cᵀ so that the operand made in registers is the MMA's left one (wgmma reads
+  it from registers; A alone is staged in shared memory, multi-buffered, and the MMAs stay
+  asynchronous). Serves the forward (op = transpose) and dX = dY @ (W ⊙ s) (op = identity) for
+  small token counts. Every row-block of A recomputes σ for its weight tiles, so it only pays
+  while there are few row-blocks (DESIGN.md: at 8192 tokens × 4096² that is ~1e9 sigmoids).
 * `_masked_weight_kernel`: W ⊙ σ(L/T) materialised once, for the vendor GEMM at large token
-  counts; the result is a temporary, never saved for backward.
+  counts (the forward's one temporary; the backward writes it into dM's buffer).
 * `_masked_weight_bwd_kernel`: the one-pass epilogue dW = G·s, dM = G·W·s(1−s)/T after the
-  vendor GEMM G = dYᵀX (the large-token backward).
+  vendor GEMM G = dYᵀX (the large-token backward), in place: G is read from dW's buffer.
 * `_masked_linear_bwd_wm_kernel`: one accumulator G = dYᵀX per (N, K) tile with an epilogue
   writing dW = G·s and dM = G·W·s(1−s)/T, so G never reaches memory.
 
@@ -73,34 +75,39 @@ def _masked_mm_kernel(
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
+    # Computed as Cᵀ = op(W ⊙ s)ᵀ · Aᵀ: the operand made in registers (W ⊙ σ(L/T)) is then the
+    # MMA's left operand, which Hopper's wgmma reads from registers, and only A goes through
+    # shared memory, multi-buffered by the pipeliner. Made as the right operand, it was copied
+    # to shared memory inside the K loop: one buffer, each MMA waited for (sm_90 compile check,
+    # tests/kernels/test_sm90_compile.py).
     pid_m = tl.program_id(0)
     pid_p = tl.program_id(1)
     # int64 offsets: row × stride passes 2^31 for big activations (e.g. 262144 × 8192).
     offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_p = (pid_p * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
     inv_t = 1.0 / tl.load(t_ptr).to(tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_M), dtype=tl.float32)  # Cᵀ tile
     for r0 in range(0, R, BLOCK_R):
         offs_r = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)
-        a_mask = (offs_m[:, None] < M) & (offs_r[None, :] < R)
-        a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_r[None, :] * stride_ar,
-                    mask=a_mask, other=0.0)  # (BLOCK_M, BLOCK_R)
-        b_mask = (offs_r[:, None] < R) & (offs_p[None, :] < P)
-        w = tl.load(w_ptr + offs_r[:, None] * stride_wr + offs_p[None, :] * stride_wp,
-                    mask=b_mask, other=0.0)  # (BLOCK_R, BLOCK_P)
-        lg = tl.load(l_ptr + offs_r[:, None] * stride_lr + offs_p[None, :] * stride_lp,
-                     mask=b_mask, other=0.0)
-        b = w.to(tl.float32) * _sigmoid_f32(lg.to(tl.float32) * inv_t)
+        at = tl.load(a_ptr + offs_r[:, None] * stride_ar + offs_m[None, :] * stride_am,
+                     mask=(offs_r[:, None] < R) & (offs_m[None, :] < M),
+                     other=0.0)  # (BLOCK_R, BLOCK_M)
+        bt_mask = (offs_p[:, None] < P) & (offs_r[None, :] < R)
+        w = tl.load(w_ptr + offs_p[:, None] * stride_wp + offs_r[None, :] * stride_wr,
+                    mask=bt_mask, other=0.0)  # (BLOCK_P, BLOCK_R)
+        lg = tl.load(l_ptr + offs_p[:, None] * stride_lp + offs_r[None, :] * stride_lr,
+                     mask=bt_mask, other=0.0)
+        bt = w.to(tl.float32) * _sigmoid_f32(lg.to(tl.float32) * inv_t)
         if IS_FP32:
-            acc += tl.dot(a, b, input_precision=PRECISION)
+            acc += tl.dot(bt, at, input_precision=PRECISION)
         elif UPCAST:
-            acc += tl.dot(a.to(tl.float32), b.to(w.dtype).to(tl.float32))
+            acc += tl.dot(bt.to(w.dtype).to(tl.float32), at.to(tl.float32))
         else:
-            acc += tl.dot(a, b.to(w.dtype))
+            acc += tl.dot(bt.to(w.dtype), at)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)[None, :]
-    c_mask = (offs_m[:, None] < M) & (offs_p[None, :] < P)
-    tl.store(c_ptr + offs_m[:, None] * stride_cm + offs_p[None, :] * stride_cp,
+        acc += tl.load(bias_ptr + offs_p, mask=offs_p < P, other=0.0).to(tl.float32)[:, None]
+    c_mask = (offs_p[:, None] < P) & (offs_m[None, :] < M)
+    tl.store(c_ptr + offs_m[None, :] * stride_cm + offs_p[:, None] * stride_cp,
              acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
@@ -171,18 +178,22 @@ def _masked_linear_bwd_wm_kernel(
             acc += tl.dot(dyt.to(tl.float32), x.to(tl.float32))
         else:
             acc += tl.dot(dyt, x)
-    # Epilogue: s = σ(L/T); dW = G·s; dM = G·W·s(1−s)/T.
+    # Epilogue: s = σ(L/T); dW = G·s; dM = G·W·s(1−s)/T = dW·(1−s)/T·W. Ordered so that at
+    # most two tile-sized values live beside the accumulator's (acc, s, then acc, W): holding
+    # G, W and s at once spilled 72 bytes at 255 registers for sm_90 with Triton 3.6.
     nk_mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
     inv_t = 1.0 / tl.load(t_ptr).to(tl.float32)
-    w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-                mask=nk_mask, other=0.0).to(tl.float32)
     lg = tl.load(l_ptr + offs_n[:, None] * stride_ln + offs_k[None, :] * stride_lk,
                  mask=nk_mask, other=0.0).to(tl.float32)
     s = _sigmoid_f32(lg * inv_t)
+    acc = acc * s  # dW
     tl.store(dw_ptr + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk,
-             (acc * s).to(dw_ptr.dtype.element_ty), mask=nk_mask)
+             acc.to(dw_ptr.dtype.element_ty), mask=nk_mask)
+    acc = acc * ((1.0 - s) * inv_t)
+    w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                mask=nk_mask, other=0.0).to(tl.float32)
     tl.store(dm_ptr + offs_n[:, None] * stride_dmn + offs_k[None, :] * stride_dmk,
-             (acc * w * s * (1.0 - s) * inv_t).to(dm_ptr.dtype.element_ty), mask=nk_mask)
+             (acc * w).to(dm_ptr.dtype.element_ty), mask=nk_mask)
 
 
 # ----------------------------------------------------------------------------- launchers

@@ -230,3 +230,30 @@ def zero_slots(slots: torch.Tensor, tensors: list) -> None:
         with on_device(slots):
             _zero_slots_kernel[(slots.numel(), triton.cdiv(bb, block))](
                 slots, *ptrs, bb, N_T=len(ts), BLOCK=block)
+
+
+def sm90_cases() -> list:
+    """Ahead-of-time sm_90 compile checks (`morpho_kernels.triton.sm90`) at the issue's target
+    (8192², b128: a 64×64 grid, 410 live blocks, drop 41) and at the largest drop served
+    (`MAX_DROP`, the sort's register ceiling): no spills, shared memory within 227 KB. No MMA,
+    no K loop to pipeline."""
+    from .sm90 import Case
+
+    layout = dict(rows_ptr="*i32", cols_ptr="*i32", row_ptr_ptr="*i32", row_order_ptr="*i32",
+                  col_ptr_ptr="*i32", col_order_ptr="*i32", drop_ptr="*fp32",
+                  grow_ptr="*fp32", map_ptr="*i32", slots_ptr="*i64")
+    select = [triton.Config({"KP": kp, "BLOCK": max(kp, 1024), "SCAN": 1024}, num_warps=8)
+              for kp in (64, 512, MAX_DROP)]
+    return [
+        Case("regrow_select_rebuild", _select_rebuild_kernel,
+             dict(layout, C=410, R=64, KB=64, DROP=41), {}, configs=select, mma=False,
+             pipelined=False),
+        Case("regrow_slot_norms", _slot_norms_kernel, dict(v_ptr="*bf16", out_ptr="*fp32",
+                                                             BB=128 * 128),
+             {"ACC_F64": False}, configs=[triton.Config({"BLOCK": 4096})], mma=False,
+             pipelined=False),
+        Case("regrow_zero_slots", _zero_slots_kernel,
+             dict(slots_ptr="*i64", t0_ptr="*bf16", t1_ptr="*fp32", t2_ptr="*fp32",
+                  t3_ptr="*fp32", BB=128 * 128), {"N_T": 4},
+             configs=[triton.Config({"BLOCK": 4096})], mma=False, pipelined=False),
+    ]

@@ -72,11 +72,13 @@ def test_matches_reference(backend_name, lead, k, n, dtype, backend):
     check_backend(backend_name, lead, k, n, dtype, True, backend)
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("fused_max", ["0", "100000"], ids=["materialized", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_both_forward_paths_no_bias(fused_max, dtype, backend, monkeypatch):
+def test_triton_both_forward_paths(fused_max, dtype, bias, backend, monkeypatch):
     monkeypatch.setenv("MORPHO_FUSED_MAX_TOKENS", fused_max)
-    check_backend("triton", (3, 17), 129, 64, dtype, False, backend)
+    check_backend("triton", (3, 17), 129, 64, dtype, bias, backend)
+    check_backend("triton", (70,), 40, 33, dtype, bias, backend)  # several token tiles
 
 
 @pytest.mark.parametrize("backend_name", ["reference", "ext"])
