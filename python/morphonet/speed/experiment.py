@@ -97,7 +97,7 @@ class SpeedConfig(Config):
     gpt_ctx: int = setting(64, ints(2))
     gpt_epochs: int = setting(6, ints(1))
     gpt_batch_size: int = setting(32, ints(1))
-    gpt_train_windows: int = setting(2048, ints(1))
+    gpt_train_windows: int = setting(1536, ints(1))
     gpt_val_windows: int = setting(256, ints(1))
     gpt_structures: tuple = setting(("element:0.9", "block32:0.8"), _structures)
     # latency budget (item 2): on budget_task, at the largest batch, fp32, this CPU
