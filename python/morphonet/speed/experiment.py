@@ -270,6 +270,7 @@ def _train_run(cfg: SpeedConfig, task: str, name: str, data: _Data,
                            "structure": structure.__dict__ if structure else None,
                            "plan": plan.to_dict() if plan else None,
                            "train_seconds": seconds, "epochs": mcfg.epochs, **data.about,
+                           **_provenance(),
                            "quality": _quality(model, data)}
     if structure is None and plan is None:
         rec["live_weights"] = sum(m.weight.numel() for m in model.modules()
@@ -325,9 +326,25 @@ def _time_task(cfg: SpeedConfig, task: str, runs: list[dict], data: _Data, devic
     return {"task": task, "device": device, "dtype": dtype, "batch": batch,
             "device_name": (torch.cuda.get_device_name() if device == "cuda" else
                             _machine(cfg)),
-            "threads": cfg.threads if device == "cpu" else None,
+            "threads": cfg.threads if device == "cpu" else None, **_provenance(),
             "models": {k: {kk: v[kk] for kk in ("median_ms", "p20_ms", "p80_ms", "speedup")}
                        for k, v in res.items()}}
+
+
+def _provenance() -> dict[str, Any]:
+    """torch's version, the time and the commit (None outside a git checkout), as the bench
+    records carry them."""
+    import datetime
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"torch": torch.__version__, "commit": commit or None,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _machine(cfg: SpeedConfig) -> str:
