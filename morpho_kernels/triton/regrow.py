@@ -123,8 +123,12 @@ def _select_rebuild_kernel(
     take = i < DROP
     slot = drop_best.to(tl.int32)  # the low 32 bits: the index
     new_key = grow_best.to(tl.int32)
+    tl.debug_barrier()  # every thread has read the map in step 2
     old_r = tl.load(rows_ptr + slot, mask=take, other=0)
     old_c = tl.load(cols_ptr + slot, mask=take, other=0)
+    # threads holding the same lane (a KP-wide tensor over 256 threads is replicated) must all
+    # read the old row / column before any of them writes the new one
+    tl.debug_barrier()
     tl.store(map_ptr + old_r * KB + old_c, tl.full((KP,), -1, tl.int32), mask=take)
     tl.store(map_ptr + new_key, slot, mask=take)
     tl.store(rows_ptr + slot, new_key // KB, mask=take)
