@@ -44,9 +44,8 @@ def test_records_table_plot(quick):
     text = open(os.path.join(cfg.out_dir, "speed.md")).read()
     assert "| element:0.97/edge_list |" in text and "| neuron:0.75/shrink |" in text
     assert "CPU fp32 b64" in text and "Latency budget (" in text
-    if not torch.cuda.is_available():
-        assert "| GPU fp32 b64 |" in text.replace(" | GPU bf16", "|") or "GPU fp32 b64" in text
-        assert "n/a |" in text
+    if not torch.cuda.is_available():  # the GPU columns are there, saying n/a
+        assert "GPU fp32 b64" in text and "| n/a |" in text
     assert summary["tasks"]["mlp"]["check"]["line"].startswith(("MET", "NOT MET"))
 
 
