@@ -91,6 +91,22 @@ def _check_temperature_value(temperature: Tensor) -> None:
         check_temperature(float(temperature))
 
 
+def _rows(t: Tensor, cols: int) -> Tensor:
+    """``t`` as (rows, cols); no view op for a 2-D tensor (host time of the eager path)."""
+    return t if t.dim() == 2 else t.reshape(-1, cols)
+
+
+def _scalar(t: Tensor) -> Tensor:
+    return t if t.dim() == 0 else t.reshape(())
+
+
+def _t32(temperature: Tensor, x: Tensor) -> Tensor:
+    """The 0-dim fp32 temperature on x's device the Triton kernels read (no op when it is)."""
+    if temperature.dtype != torch.float32 or temperature.device != x.device:
+        temperature = temperature.to(device=x.device, dtype=torch.float32)
+    return _scalar(temperature)
+
+
 # ----------------------------------------------------------------------------- forward op
 
 
@@ -115,15 +131,14 @@ def _forward(x: Tensor, weight: Tensor, mask_logits: Tensor, temperature: Tensor
     backend = DISPATCH.choose(_spec(x, weight))
     _check_temperature_value(temperature)
     n, k = weight.shape
-    x2 = x.reshape(-1, k)  # (tokens, K)
+    x2 = _rows(x, k)  # (tokens, K)
     if backend == "triton":
-        t = temperature.to(device=x.device, dtype=torch.float32).reshape(())
-        y = _forward_triton(x2, weight, mask_logits, t, bias)
+        y = _forward_triton(x2, weight, mask_logits, _t32(temperature, x), bias)
     elif backend == "ext":
-        y = _forward_ext(x2, weight, mask_logits, temperature.reshape(()), bias)
+        y = _forward_ext(x2, weight, mask_logits, _scalar(temperature), bias)
     else:
         y = reference.masked_linear(x2, weight, mask_logits, temperature, bias)
-    return y.reshape(*x.shape[:-1], n)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
 
 
 @torch.library.custom_op("morpho::masked_linear", mutates_args=())
@@ -177,18 +192,18 @@ def _backward_impl(grad_out: Tensor, x: Tensor, weight: Tensor, mask_logits: Ten
     """(dx, dW, dM, db) on the chosen backend; None for a gradient not asked for."""
     backend = DISPATCH.choose(_spec(x, weight))
     n, k = weight.shape
-    g2 = grad_out.reshape(-1, n)  # (tokens, N); may be stride-0 (expanded), kernels take strides
-    x2 = x.reshape(-1, k)  # (tokens, K)
+    g2 = _rows(grad_out, n)  # (tokens, N); may be stride-0 (expanded), kernels take strides
+    x2 = _rows(x, k)  # (tokens, K)
     if backend == "triton":
-        t = temperature.to(device=x.device, dtype=torch.float32).reshape(())
-        dx, dw, dm = _backward_triton(g2, x2, weight, mask_logits, t, need_x, need_wm)
+        dx, dw, dm = _backward_triton(g2, x2, weight, mask_logits, _t32(temperature, x),
+                                      need_x, need_wm)
     elif backend == "ext":
         dx, dw, dm = _backward_ext(g2.contiguous(), x2, weight, mask_logits,
-                                   temperature.reshape(()), need_x, need_wm)
+                                   _scalar(temperature), need_x, need_wm)
     else:
         dx, dw, dm, _ = reference.masked_linear_backward(g2, x2, weight, mask_logits,
                                                          temperature, False)
-    dx = dx.reshape(x.shape).contiguous() if need_x else None
+    dx = (dx if x.dim() == 2 else dx.reshape(x.shape)).contiguous() if need_x else None
     acc = torch.float64 if g2.dtype == torch.float64 else torch.float32
     db = g2.sum(0, dtype=acc).to(grad_out.dtype) if need_bias else None
     # contiguous on every backend, as the fake kernel says (weights may be views)
@@ -308,7 +323,7 @@ def _temperature_tensor(temperature, x: Tensor) -> Tensor:
             raise ValueError("temperature must not require grad (it is annealed, not learned)")
         if temperature.device != x.device:
             raise ValueError(f"temperature is on {temperature.device} but x is on {x.device}")
-        return temperature.reshape(())
+        return _scalar(temperature)
     temperature = check_temperature(temperature)
     # A fill kernel, not a host-to-device copy: no synchronisation.
     tdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
