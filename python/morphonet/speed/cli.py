@@ -45,7 +45,11 @@ def _speed(args: argparse.Namespace) -> int:
             return 2
         summary = render(cfg, *(read_records(p) for p in paths))
     else:
-        summary = run_speed(cfg, log=None if args.quiet else print)
+        try:
+            summary = run_speed(cfg, log=None if args.quiet else print)
+        except ValueError as e:  # settings that differ from the records in --out, a bad budget
+            print(f"morpho speed: {e}", file=sys.stderr)
+            return 2
     print(format_report(summary))
     print(f"results in {cfg.out_dir}/ (speed.md, speed.json, speed.png, runs.jsonl, "
           f"timing.jsonl, costmodel.json)")
@@ -68,7 +72,7 @@ def add_speed_parser(subparsers) -> argparse.ArgumentParser:
                     "run continues where it stopped.")
     p.add_argument("--tasks", nargs="+", default=None, choices=["mlp", "gpt"])
     p.add_argument("--batches", type=int, nargs="+", default=None,
-                   help="batch sizes timed (default 1 256; quick 1 8)")
+                   help="batch sizes timed (default 1 256; quick 1 64)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (7)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1)")
     p.add_argument("--seed", type=int, default=None)

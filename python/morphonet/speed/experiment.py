@@ -26,7 +26,8 @@ Records (``out_dir``): ``runs.jsonl`` (one checksummed line per trained run, wit
 of the model and of each export), ``timing.jsonl`` (one line per task × device × dtype × batch),
 ``models/*.pt`` (the trained models, checked files), ``costmodel.json`` (the kernel timings
 of this machine); rendered into ``speed.md``, ``speed.json`` and ``speed.png``. A killed run
-continues where it stopped: finished runs and timings are read back, not redone.
+continues where it stopped: finished runs and timings are read back, not redone
+(``settings.json`` keeps the training settings; a resumed run with other ones is refused).
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ from torch import nn
 from ..checks import check_device
 from ..config import Config, int_list, ints, names, one_of, reals, setting
 from ..data import load_dataset
-from ..files import append_record, atomic_write, load_torch, read_records, save_torch, write_json
+from ..files import (
+    append_record,
+    atomic_write,
+    load_torch,
+    read_json,
+    read_records,
+    save_torch,
+    write_json,
+)
 from ..loop import TrainLoop, evaluate, torch_threads
 from ..masks.config import MorphoConfig
 from ..masks.trainer import MorphoTrainer
@@ -356,11 +365,33 @@ def _machine(cfg: SpeedConfig) -> str:
 # ---------------------------------------------------------------------------- the run
 
 
+# settings that only choose what is timed or shown: a resumed run may change them
+_TIMING_ONLY = ("rounds", "batches", "tasks", "out_dir")
+
+
+def _check_same_settings(cfg: SpeedConfig) -> None:
+    """Records are keyed by run name, so a resumed run must train what the records hold:
+    ``settings.json`` in the output folder keeps the settings; a run whose training settings
+    differ is refused with the fields named."""
+    path = os.path.join(cfg.out_dir, "settings.json")
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in _TIMING_ONLY}
+    if os.path.exists(path):
+        old = read_json(path)
+        diff = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        if diff:
+            raise ValueError(f"{cfg.out_dir} holds records made with other settings "
+                             f"({', '.join(diff)}); use another --out, or delete the folder "
+                             f"to start afresh")
+    else:
+        write_json(path, mine)
+
+
 def run_speed(cfg: SpeedConfig, log: Optional[Callable[[str], None]] = print) -> dict:
     """Train, export, time and render (module docstring); returns the summary. Finished runs
     and timings found in ``cfg.out_dir`` are kept."""
     log = log or (lambda s: None)
     os.makedirs(os.path.join(cfg.out_dir, "models"), exist_ok=True)
+    _check_same_settings(cfg)
     runs_path = os.path.join(cfg.out_dir, "runs.jsonl")
     timing_path = os.path.join(cfg.out_dir, "timing.jsonl")
     done = {r["run"]: r for r in (read_records(runs_path) if os.path.exists(runs_path)

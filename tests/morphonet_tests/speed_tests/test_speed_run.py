@@ -83,6 +83,14 @@ def test_cli_quick_render_and_errors(quick, capsys):
     assert "rounds" in capsys.readouterr().err
 
 
+def test_resume_with_other_training_settings_is_refused(quick, capsys):
+    cfg, _, _ = quick
+    with pytest.raises(ValueError, match="mlp_epochs"):
+        run_speed(cfg.replace(mlp_epochs=3), log=None)
+    assert main(["speed", "--quick", "--target-speedup", "2", "--out", cfg.out_dir]) == 2
+    assert "target_speedup" in capsys.readouterr().err
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="structure"):
         SpeedConfig(mlp_structures=("block48:0.9",))
