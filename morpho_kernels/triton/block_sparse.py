@@ -136,7 +136,10 @@ def _prune(dim: str, kernel: str):
     def prune(configs, named_args, **kwargs):
         b = kwargs.get("B", named_args.get("B"))
         forced = _FORCED.get(kernel, [])
-        ok = [c for c in configs if c.kwargs[dim] <= b and _allowed(c, forced)]
+        out = named_args.get("c_ptr", named_args.get("dv_ptr"))
+        elem = out.element_size() if isinstance(out, torch.Tensor) else 2
+        ok = [c for c in configs if c.kwargs[dim] <= b and _allowed(c, forced)
+              and (INTERPRET or _smem_bytes(c, b, elem) <= _SMEM_LIMIT)]
         if named_args.get("DETERMINISTIC"):  # atomics sum in a varying order: no token split
             ok = [c for c in ok if c.kwargs.get("SPLIT_M", 1) in (0, 1)]
         if not ok:
@@ -152,6 +155,20 @@ def _prune(dim: str, kernel: str):
 
 
 _PRUNERS: dict = {}  # kernel name -> its early_config_prune (the launcher asks it too)
+_SMEM_LIMIT = 232448  # bytes of shared memory a block may use on sm_90 (227 KB)
+
+
+def _smem_bytes(cfg, b: int, elem: int) -> int:
+    """Shared memory of a config's operand buffers: num_stages × (A + V tiles) for dsd,
+    num_stages × (dY + x tiles) for sdd (what Triton allocates for sm_90, within a few bytes
+    of barriers). fp32 doubles bf16's: the 4-stage 128 × 64 dsd config needs 256 KB, so fp32
+    falls back to the configs that fit."""
+    kw = cfg.kwargs
+    if "BLOCK_R" in kw:
+        tiles = kw["BLOCK_M"] * kw["BLOCK_R"] + kw["BLOCK_R"] * b
+    else:
+        tiles = 2 * kw["TILE"] * kw["BLOCK_M"]
+    return cfg.num_stages * tiles * elem
 
 
 def _quick_bench(kernel_call, quantiles):
@@ -167,16 +184,17 @@ _TUNE_KW = ({"do_bench": _quick_bench}
 
 _GROUPS = (8, 1, 0)  # dsd tile orders (see the module docstring); the first is the default
 
-# dsd (BLOCK_M, BLOCK_R, num_warps, num_stages, CTAS_PER_SM). Every one compiles for sm_90
-# with Triton 3.6 and 3.9 without spills, within 227 KB of shared memory, pipelined to
+# dsd (BLOCK_M, BLOCK_R, num_warps, num_stages, CTAS_PER_SM). In bf16 every one compiles for
+# sm_90 with Triton 3.6 and 3.9 without spills, within 227 KB of shared memory, pipelined to
 # num_stages with async MMAs (tests/kernels/test_sm90_compile.py). 128 × 128 tiles with
 # 64-deep steps first: 4 stages of 32 KB; the 64-row tiles serve small blocks, two per SM.
+# fp32 needs twice the shared memory: the pruning keeps the configs that fit (_smem_bytes).
 _DSD_SHAPES = [
     (128, 64, 8, 4, 1),
     (128, 128, 8, 3, 1),
     (256, 64, 8, 3, 1),
+    (64, 32, 4, 4, 2),  # before 64 × 64: fp32's first fit (IEEE fp32 64 × 64 spills ~80 bytes)
     (64, 64, 4, 4, 2),
-    (64, 32, 4, 4, 2),
     (64, 16, 4, 4, 2),
 ]
 
@@ -628,6 +646,8 @@ def sm90_cases() -> list:
                        UPCAST=False, IS_FP32=False, PRECISION="ieee")
             name = f"dsd {'fwd' if vt else 'dX'} {'tma' if tma else 'pointers'}"
             cases.append(Case(name, _bs_dsd_kernel, args, cst, configs=configs))
+            if not tma:
+                cases += _fp32_cases(name, _bs_dsd_kernel, args, cst, "dsd", "c_ptr", b)
     for tma in (True, False):
         shapes = _SDD_SHAPES if tma else _SDD_SHAPES[:1]
         configs = [c for c in _bs_sdd_kernel.configs
@@ -644,4 +664,19 @@ def sm90_cases() -> list:
         # a TILE < 64 dV tile is too short for a warp-group MMA (64 rows): mma.sync
         cases.append(Case(f"sdd {'tma' if tma else 'pointers'}", _bs_sdd_kernel, args, cst,
                           configs=configs, mma=lambda kw: kw["TILE"] >= 64))
+        if not tma:
+            cases += _fp32_cases("sdd pointers", _bs_sdd_kernel, args, cst, "sdd", "dv_ptr", b)
     return cases
+
+
+def _fp32_cases(name, kernel, args, cst, which, out_arg, b) -> list:
+    """fp32 (pointer path) in the first config the pruning keeps for fp32: with TF32 it must
+    pipeline on warp-group MMAs; IEEE fp32 runs FMAs (no MMA to check), still without spills
+    and within shared memory."""
+    from .sm90 import Case
+
+    first = _PRUNERS[which](kernel.configs, {out_arg: torch.empty(0)}, B=b)[:1]
+    args = {k: "*fp32" if v == "*bf16" else v for k, v in args.items()}
+    return [Case(f"{name} fp32 {prec}", kernel, args, dict(cst, IS_FP32=True, PRECISION=prec),
+                 configs=first, mma=prec == "tf32", pipelined=prec == "tf32")
+            for prec in ("tf32", "ieee")]

@@ -405,7 +405,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     rep = {"case": case.name, "kernel": _jit_fn(case.kernel).__name__,
                            "config": _config_str(cfg), "error": f"{type(exc).__name__}: {exc}"}
                 failed |= bool(rep.get("problems", True))
-                _emit(a.json, rep)
+                _emit(a.json, {"spec": spec, **rep})
     return 0 if a.json or not failed else 1
 
 
