@@ -353,3 +353,22 @@ def test_gpu_peak_memory_two_nk_below_eager(backend):
         peaks[name] = torch.cuda.max_memory_allocated() - base
         x.grad = w.grad = m.grad = None
     assert peaks["morpho"] <= peaks["eager"] - 2 * n * k * 2, peaks
+
+
+def test_compile_traces_the_custom_op_eager_takes_the_function(backend):
+    """Under torch.compile the graph holds morpho::masked_linear (one node, fake kernel); an
+    eager call builds the plain autograd.Function's node instead."""
+    backend("reference")
+    x, w, m, b = (t.float().requires_grad_() for t in make_inputs((4,), 16, 8))
+    targets = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    fn = lambda *a: mk.masked_linear(*a[:3], T, a[3])  # noqa: E731
+    y = torch.compile(fn, backend=record, fullgraph=True)(x, w, m, b)
+    assert "morpho.masked_linear.default" in targets, targets
+    torch.testing.assert_close(y, reference.masked_linear(x, w, m, T, b))
+    assert type(fn(x, w, m, b).grad_fn).__name__ == "_MaskedLinearFunctionBackward"
