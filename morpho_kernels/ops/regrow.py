@@ -88,4 +88,7 @@ def regrow_layout(layout: BlockSparseLayout, values: Tensor, drop: int, grow_sco
         for t in (values, *also_zero):
             if not t.is_contiguous():  # the kernel writes whole contiguous blocks
                 t.index_fill_(0, slots, 0)
+    # the kernels wrote behind autograd's back: bump the version counters as the ATen path's
+    # in-place ops do, so a graph that saved one of these tensors refuses to use it
+    torch.autograd.graph.increment_version([*index, *dense])
     return slots

@@ -185,6 +185,19 @@ def test_noncontiguous_moment_and_integer_grow_scores(backend):
     _assert_same(*_both(backend, layout, values, 4, grow, None, [moment]))
 
 
+def test_in_place_writes_bump_version_counters(backend):
+    """Like the ATen path's in-place ops: a graph that saved the values or an index tensor
+    sees the change."""
+    layout, values = _layout(4, 6, 8)
+    for name in ("reference", "triton"):
+        backend(name)
+        lay, vals = copy.deepcopy(layout), values.clone()
+        seen = [t._version for t in (vals, lay.rows, lay.row_order, lay.col_ptr)]
+        lay.regrow(vals, 2, torch.rand(4, 6).to(DEV))
+        now = [t._version for t in (vals, lay.rows, lay.row_order, lay.col_ptr)]
+        assert all(b > a for a, b in zip(seen, now)), (name, seen, now)
+
+
 def test_drop_zero_changes_nothing(backend):
     layout, values = _layout(4, 4, 6)
     before = {k: v.clone() for k, v in _tensors(layout).items()}
