@@ -79,9 +79,9 @@ _MAXNNZ_CAP = 32
 # The 2-3 configs per kernel the short GPU script tunes among at the issue's targets (bf16,
 # b128, 8192 tokens, 8192², 50% / 90%): bench_block_sparse.py --targets.
 GPU_SCRIPT_CONFIGS = {
-    "dsd": [{"BLOCK_M": 128, "BLOCK_R": 64, "GROUP_M": 8},
-            {"BLOCK_M": 128, "BLOCK_R": 128, "GROUP_M": 8},
-            {"BLOCK_M": 256, "BLOCK_R": 64, "GROUP_M": 8}],
+    "dsd": [{"BLOCK_M": 128, "BLOCK_R": 64, "GROUP_M": 8, "CTAS_PER_SM": 2},
+            {"BLOCK_M": 128, "BLOCK_R": 64, "GROUP_M": 8, "CTAS_PER_SM": 1},
+            {"BLOCK_M": 128, "BLOCK_R": 128, "GROUP_M": 8}],
     "sdd": [{"TILE": 128, "BLOCK_M": 64, "BY_ROW": 1, "SPLIT_M": 0},
             {"TILE": 128, "BLOCK_M": 32, "BY_ROW": 1, "SPLIT_M": 0},
             {"TILE": 128, "BLOCK_M": 64, "BY_ROW": 1, "SPLIT_M": 1}],
@@ -139,7 +139,8 @@ def _prune(dim: str, kernel: str):
         out = named_args.get("c_ptr", named_args.get("dv_ptr"))
         elem = out.element_size() if isinstance(out, torch.Tensor) else 2
         ok = [c for c in configs if c.kwargs[dim] <= b and _allowed(c, forced)
-              and (INTERPRET or _smem_bytes(c, b, elem) <= _SMEM_LIMIT)]
+              and (INTERPRET or _smem_bytes(c, b, elem) * c.kwargs.get("CTAS_PER_SM", 1)
+                   <= _SMEM_LIMIT)]
         if named_args.get("DETERMINISTIC"):  # atomics sum in a varying order: no token split
             ok = [c for c in ok if c.kwargs.get("SPLIT_M", 1) in (0, 1)]
         if not ok:
@@ -161,8 +162,9 @@ _SMEM_LIMIT = 232448  # bytes of shared memory a block may use on sm_90 (227 KB)
 def _smem_bytes(cfg, b: int, elem: int) -> int:
     """Shared memory of a config's operand buffers: num_stages × (A + V tiles) for dsd,
     num_stages × (dY + x tiles) for sdd (what Triton allocates for sm_90, within a few bytes
-    of barriers). fp32 doubles bf16's: the 4-stage 128 × 64 dsd config needs 256 KB, so fp32
-    falls back to the configs that fit."""
+    of barriers). A config whose CTAS_PER_SM programs cannot share an SM's 227 KB is left out:
+    fp32 doubles bf16's bytes (the 4-stage 128 × 64 dsd config needs 256 KB), so fp32 falls back
+    to the configs that fit."""
     kw = cfg.kwargs
     if "BLOCK_R" in kw:
         tiles = kw["BLOCK_M"] * kw["BLOCK_R"] + kw["BLOCK_R"] * b
@@ -190,6 +192,10 @@ _GROUPS = (8, 1, 0)  # dsd tile orders (see the module docstring); the first is 
 # 64-deep steps first: 4 stages of 32 KB; the 64-row tiles serve small blocks, two per SM.
 # fp32 needs twice the shared memory: the pruning keeps the configs that fit (_smem_bytes).
 _DSD_SHAPES = [
+    # two co-resident programs per SM (96 KB, ≤ 128 registers each): one computes while the
+    # other waits on its tile's block list and pipeline prologue (a 90% sparse b128 tile has
+    # only ~13 K steps, so a lone program would idle ~a quarter of its tile there)
+    (128, 64, 8, 3, 2),
     (128, 64, 8, 4, 1),
     (128, 128, 8, 3, 1),
     (256, 64, 8, 3, 1),
@@ -630,11 +636,9 @@ def sm90_cases() -> list:
     cases = []
     for vt in (True, False):
         for tma in (True, False):
-            shapes = _DSD_SHAPES if tma else _DSD_SHAPES[:1]
             configs = [c for c in _bs_dsd_kernel.configs if c.kwargs["BLOCK_R"] <= b and (
                 _allowed(c, GPU_SCRIPT_CONFIGS["dsd"]) if not tma else
-                c.kwargs["GROUP_M"] == _GROUPS[0] and
-                (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_R"]) in {s[:2] for s in shapes})]
+                c.kwargs["GROUP_M"] == _GROUPS[0])]
             configs = configs if tma else configs[:1]
             v_dims = (b, "BLOCK_R") if vt else ("BLOCK_R", b)
             args = dict(a_src=desc("BLOCK_M", "BLOCK_R") if tma else "*bf16",
@@ -645,7 +649,10 @@ def sm90_cases() -> list:
             cst = dict(HAS_BIAS=vt, B=b, MAXNNZ=maxnnz(n // b, cap), V_T=vt, USE_TMA=tma,
                        UPCAST=False, IS_FP32=False, PRECISION="ieee")
             name = f"dsd {'fwd' if vt else 'dX'} {'tma' if tma else 'pointers'}"
-            cases.append(Case(name, _bs_dsd_kernel, args, cst, configs=configs))
+            # the TMA path's programs must share an SM as CTAS_PER_SM says (the pointer path,
+            # a fallback for strided inputs, needs more registers and may run them in turn)
+            cases.append(Case(name, _bs_dsd_kernel, args, cst, configs=configs,
+                              ctas_per_sm=(lambda kw: kw["CTAS_PER_SM"]) if tma else None))
             if not tma:
                 cases += _fp32_cases(name, _bs_dsd_kernel, args, cst, "dsd", "c_ptr", b)
     for tma in (True, False):

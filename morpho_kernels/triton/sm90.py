@@ -15,7 +15,10 @@ every config for ``GPUTarget("cuda", 90, 32)`` with the installed Triton and rea
   each iteration, the pipeline lost whatever num_stages says);
 * MMAs not serialised: on Hopper the loop's ``warp_group_dot`` must be async and its wait must
   keep at least one MMA pending (``warp_group_dot_wait {pendings = 0}`` right after every dot
-  serialises them).
+  serialises them);
+* with ``ctas_per_sm``: that many programs fit one SM together (shared memory plus the 1 KB the
+  driver reserves per block within 228 KB; registers, allocated per warp in units of 256,
+  within 64 K), as a persistent grid sized SMs × ctas_per_sm assumes.
 
 Arguments are specialised as Triton's JIT does at launch (an int equal to 1 becomes a constexpr,
 a multiple of 16 gets a divisibility hint, pointers are assumed 16-byte aligned), so the compiled
@@ -47,10 +50,12 @@ import tempfile
 from collections.abc import Callable
 from typing import Any, Optional
 
-__all__ = ["SMEM_LIMIT", "Case", "Report", "analyse_ttgir", "check", "check_config",
-           "load_cases", "main"]
+__all__ = ["SMEM_LIMIT", "SM_REGS", "SM_SMEM", "Case", "Report", "analyse_ttgir", "check",
+           "check_config", "load_cases", "main"]
 
 SMEM_LIMIT = 232448  # bytes of shared memory one block may opt into on sm_90 (227 KB)
+SM_SMEM = 233472  # bytes of shared memory of one sm_90 SM (228 KB)
+SM_REGS = 65536  # 32-bit registers of one sm_90 SM
 
 
 @dataclasses.dataclass
@@ -73,6 +78,8 @@ class Case:
             an MMA tile of ≥ 64 rows); a callable taking the config's kwargs may decide per
             config (smaller tiles run mma.sync, which is not checked for serialisation).
         pipelined: whether the K loop must be software-pipelined (depth = num_stages).
+        ctas_per_sm: programs that must fit one SM together (an int, or a callable taking the
+            config's kwargs); None = not checked.
     """
 
     name: str
@@ -83,6 +90,7 @@ class Case:
     config_filter: Optional[Callable[[list], list]] = None
     mma: Any = True
     pipelined: bool = True
+    ctas_per_sm: Any = None
 
     def config_list(self) -> list:
         configs = self.configs if self.configs is not None else list(self.kernel.configs)
@@ -337,6 +345,13 @@ def check_config(case: Case, cfg) -> Report:
                         f"{ptx['spill_loads']} loaded ({ptx['registers']} registers)")
     if shared > SMEM_LIMIT:
         problems.append(f"shared memory {shared} bytes > {SMEM_LIMIT}")
+    ctas = case.ctas_per_sm(cfg.kwargs) if callable(case.ctas_per_sm) else case.ctas_per_sm
+    if ctas and ptx["registers"] is not None:
+        regs = -(-ptx["registers"] * 32 // 256) * 256 * cfg.num_warps  # per block
+        if ctas * (shared + 1024) > SM_SMEM or ctas * regs > SM_REGS:
+            problems.append(f"{ctas} programs do not fit one SM: {ctas} × ({shared} + 1024) "
+                            f"bytes of shared memory (≤ {SM_SMEM}), {ctas} × {regs} registers "
+                            f"(≤ {SM_REGS})")
     wgmma = case.mma(cfg.kwargs) if callable(case.mma) else case.mma
     if wgmma or case.pipelined:
         if not ir["k_loop"]:

@@ -156,6 +156,7 @@ def test_checker_catches_the_old_dsd_lost_pipeline(version):
     assert rep["wait_all_in_loop"]
     assert any("pipeline depth 2 != 3" in p for p in rep["problems"]), rep["problems"]
     assert any("wait-for-all" in p for p in rep["problems"]), rep["problems"]
+    assert any("4 programs do not fit one SM" in p for p in rep["problems"]), rep["problems"]
 
 
 # a K loop as Triton writes it for sm_90, cut to the lines the analysis reads

@@ -73,4 +73,5 @@ def old_dsd_cases() -> list:
     cst = dict(HAS_BIAS=False, B=128, UPCAST=False, IS_FP32=False, PRECISION="ieee")
     cfg = triton.Config({"BLOCK_M": 128, "BLOCK_R": 64, "GROUP_M": 1}, num_warps=8,
                         num_stages=3)
-    return [Case("old_dsd_fwd", _bs_dsd_kernel, args, cst, configs=[cfg])]
+    # four programs per SM (its 64 KB of shared memory each cannot): the occupancy check fails
+    return [Case("old_dsd_fwd", _bs_dsd_kernel, args, cst, configs=[cfg], ctas_per_sm=4)]
