@@ -6,11 +6,12 @@ every config for ``GPUTarget("cuda", 90, 32)`` with the installed Triton and rea
 * registers and spills from the bundled ptxas (``ptxas -v --gpu-name=sm_90a``): spills fail;
 * shared memory (``metadata.shared``) must fit 227 KB (232448 bytes, the opt-in limit per block);
 * the main (K) loop, the innermost ``scf.for`` of the TTGIR holding the kernel's MMA: its pipeline
-  depth (the leading dimension of the multi-buffered shared allocations its MMA operands are read
-  from; 1 when an operand is loaded and copied to shared memory inside the loop) must be what
-  num_stages asks of Triton's pipeliner: num_stages buffers when an async ``warp_group_dot``
-  reads them (one more than the num_stages − 1 loads in flight: the MMA still reads one),
-  num_stages − 1 for an ``mma.sync`` ``tt.dot`` (its operands are copied to registers first);
+  depth (the leading dimension of the multi-buffered shared allocations its MMA operands come
+  from, followed through registers for an operand computed in the loop; 1 when an operand is
+  loaded and copied to shared memory inside the loop) must be what num_stages asks of Triton's
+  pipeliner: num_stages buffers when an async ``warp_group_dot`` reads them from shared memory
+  (one more than the num_stages − 1 loads in flight: the MMA still reads one), num_stages − 1
+  for an operand copied to registers first (``mma.sync``, or wgmma's register operand);
 * no wait-for-all inside the K loop (``ttg.async_wait {num = 0}``: every copy in flight drained
   each iteration, the pipeline lost whatever num_stages says);
 * MMAs not serialised: on Hopper the loop's ``warp_group_dot`` must be async and its wait must
@@ -154,26 +155,35 @@ def _loops(lines: list[str]) -> list[tuple[int, int, int]]:
     return loops
 
 
-def _operand_depth(name: str, defs: dict[str, tuple[str, str]], seen=None) -> int:
-    """Pipeline depth of the shared buffer an MMA operand is read from: the leading dimension
-    of a multi-buffered ``local_alloc`` (rank ≥ 3), else 1 (copied into shared memory inside
-    the loop, or loaded into registers)."""
-    seen = seen or set()
+def _operand_sources(name: str, defs: dict, in_loop: set, seen: set) -> list:
+    """Where an MMA operand's data comes from, as (pipeline depth, through registers) per
+    source: a multi-buffered ``local_alloc`` (rank ≥ 3) gives its leading dimension; a copy
+    into shared memory made inside the loop (``local_alloc %tensor``) or a ``tt.load`` left in
+    the loop gives 1. An operand computed in registers (``local_load`` then arithmetic, as a
+    fused prologue does) is followed back to the buffers it was loaded from; values defined
+    outside the loop (loop-invariant) and constants are no source."""
     name = _base(name)
     if name in seen or name not in defs:
-        return 1
+        return []
     seen.add(name)
     op, rest = defs[name]
     if op == "ttg.local_alloc":
         if rest.lstrip().startswith("%"):  # local_alloc %tensor: a copy made where it is used
-            return 1
+            return [(1, False)] if name in in_loop else []
         m = _MEMDESC.search(rest)
         dims = [int(d) for d in m.group(1).split("x")] if m else []
-        return dims[0] if len(dims) >= 3 else 1
+        return [(dims[0] if len(dims) >= 3 else 1, False)]
     if op in _VIEW_OPS:
         m = re.match(r"\s*(%[\w.$#-]+)", rest)
-        return _operand_depth(m.group(1), defs, seen) if m else 1
-    return 1
+        found = _operand_sources(m.group(1), defs, in_loop, seen) if m else []
+        return [(d, True) for d, _ in found] if op == "ttg.local_load" else found
+    if name not in in_loop:
+        return []
+    if op == "tt.load":  # a load the pipeliner left in the loop: waited for every step
+        return [(1, True)]
+    operands = rest.split(" : ")[0]  # the operands, not the types
+    return [src for o in re.findall(r"%[\w.$#-]+", operands)
+            for src in _operand_sources(o, defs, in_loop, seen)]
 
 
 def analyse_ttgir(text: str) -> dict:
@@ -186,8 +196,8 @@ def analyse_ttgir(text: str) -> dict:
         m = _DEF.match(line)
         if m:
             defs[m.group(1)] = (m.group(2), m.group(3).lstrip(" ="))
-    out = {"k_loop": False, "depth": None, "wait_all_in_loop": False, "mma": "none",
-           "mma_serialised": False}
+    out = {"k_loop": False, "depth": None, "sources": [], "wait_all_in_loop": False,
+           "mma": "none", "mma_serialised": False}
     loops = sorted(_loops(lines), key=lambda t: -t[2])  # innermost first
     for start, end, _ in loops:
         inner = [(a, b) for a, b, _ in loops if start < a and b < end]
@@ -197,14 +207,17 @@ def analyse_ttgir(text: str) -> dict:
         if not dots:
             continue
         _alias_iter_args(lines[start], defs)
+        in_loop = {m.group(1) for m in map(_DEF.match, body) if m}
         out["k_loop"] = True
         out["mma"] = "wgmma" if "warp_group_dot " in dots[0] else dots[0].split("=")[1].split()[0]
-        depths = []
+        sources = []
         for ln in dots:
             ops = re.search(_DOT_OPERANDS, ln)
             if ops:
-                depths += [_operand_depth(ops.group(1), defs), _operand_depth(ops.group(2), defs)]
-        out["depth"] = min(depths) if depths else None
+                for operand in ops.groups():
+                    sources += _operand_sources(operand, defs, in_loop, set())
+        out["sources"] = sorted(set(sources))
+        out["depth"] = min(d for d, _ in sources) if sources else None
         out["wait_all_in_loop"] = any("ttg.async_wait" in ln and "num = 0 :" in ln for ln in body)
         waits = [ln for ln in body if "warp_group_dot_wait" in ln]
         sync_dot = any("warp_group_dot " in ln and "isAsync = true" not in ln for ln in dots)
@@ -357,10 +370,17 @@ def check_config(case: Case, cfg) -> Report:
         if not ir["k_loop"]:
             problems.append("no K loop with an MMA found in the TTGIR")
         else:
-            want = cfg.num_stages if ir["mma"] == "wgmma" else cfg.num_stages - 1
-            if case.pipelined and ir["depth"] != want:
-                problems.append(f"K-loop pipeline depth {ir['depth']} != {want} (num_stages "
-                                f"{cfg.num_stages}, {ir['mma']})")
+            if case.pipelined and not ir["sources"]:
+                problems.append("the K loop's MMA operands trace to no buffer or load")
+            for depth, via_registers in ir["sources"] if case.pipelined else ():
+                # wgmma reads its shared operands while the next loads land: num_stages
+                # buffers; an operand copied to registers first frees its buffer: one less
+                regs = via_registers or ir["mma"] != "wgmma"
+                want = cfg.num_stages - 1 if regs else cfg.num_stages
+                if depth != want:
+                    problems.append(f"K-loop pipeline depth {depth} != {want} (num_stages "
+                                    f"{cfg.num_stages}, {ir['mma']}, operand read "
+                                    f"{'through registers' if regs else 'from shared memory'})")
             if ir["wait_all_in_loop"]:
                 problems.append("wait-for-all (ttg.async_wait {num = 0}) inside the K loop")
             if wgmma and ir["mma"] != "wgmma":

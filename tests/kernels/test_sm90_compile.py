@@ -38,20 +38,12 @@ SPECS = {name: f"morpho_kernels.triton.{name}:sm90_cases" for name, src in MODUL
          if "def sm90_cases(" in src}
 SPECS.setdefault("masked_linear", f"{FIXTURES / 'masked_linear_cases.py'}:masked_linear_cases")
 SPECS["old_dsd"] = f"{FIXTURES / 'old_dsd.py'}:old_dsd_cases"
-# Kernels of masked_linear.py (being rewritten under issue 22 item 4, not here) that fail a
-# check today, and why: the test xfails on these failures only, and passes once they are fixed.
-MASKED_LINEAR_XFAIL = {
-    "masked_linear _masked_mm_kernel": (
-        "the fused-prologue masked matmul computes W·σ(L/T) in registers every K step and "
-        "copies it to shared memory inside the loop: its MMA operand is not multi-buffered "
-        "(pipeline depth 1 whatever num_stages says) and each warp_group_dot is waited with "
-        "pendings = 0 (serialised MMAs); configs with BLOCK_M < 64 run mma.sync. Issue 22's "
-        "'serialises its MMAs'; item 4 rewrites it"),
-    "masked_linear _masked_linear_bwd_wm_kernel": (
-        "compiled by Triton 3.6, its (BLOCK_N 128, BLOCK_K 128, BLOCK_M 64, 8 warps, 3 stages) "
-        "config spills 72 bytes at 255 registers (its epilogue holds G, W, σ and two outputs "
-        "of a 128×128 tile at once); Triton 3.9 fits it in 237 registers"),
-}
+# Kernels of another module that fail a check today, and why (the module's owner fixes them):
+# the test xfails on these failures only, and passes once they are fixed. Empty since 4fb0c02:
+# masked_linear's fused matmul (one buffer and serialised MMAs before: its weight operand was
+# computed in registers and copied to shared memory every K step) and its dW/dM kernel (a
+# 72-byte spill with Triton 3.6) now pass.
+KNOWN_FAILURES: dict[str, str] = {}
 
 VERSIONS = ["installed", "3.6"]
 
@@ -121,17 +113,17 @@ def test_block_sparse_kernels_compile_clean_for_sm90(version):
 @pytest.mark.parametrize("version", VERSIONS)
 def test_kernel_modules_compile_for_sm90(version, module):
     """Every other kernel module (masked_linear, regrow, ...): each check passes, except the
-    known failures listed in MASKED_LINEAR_XFAIL (xfail with their reason)."""
+    known failures listed in KNOWN_FAILURES (xfail with their reason)."""
     reps = _reports(version)[module]
     assert reps, f"no case for {module}"
     errors = [_describe(r) for r in reps if r.get("error")]
     assert not errors, "\n".join(errors)
     failing = [r for r in reps if r["problems"]]
-    unexpected = [_describe(r) for r in failing if r["case"] not in MASKED_LINEAR_XFAIL]
+    unexpected = [_describe(r) for r in failing if r["case"] not in KNOWN_FAILURES]
     assert not unexpected, "\n".join(unexpected)
     if failing:
         known = sorted({r["case"] for r in failing})
-        pytest.xfail("; ".join(f"{k}: {MASKED_LINEAR_XFAIL[k]}" for k in known) + "\n"
+        pytest.xfail("; ".join(f"{k}: {KNOWN_FAILURES[k]}" for k in known) + "\n"
                      + "\n".join(_describe(r) for r in failing))
 
 
@@ -183,6 +175,19 @@ def test_analyse_ttgir_reads_depth_waits_and_mma_waits(wait, pending):
     assert ir["k_loop"] and ir["mma"] == "wgmma" and ir["depth"] == 3
     assert ir["wait_all_in_loop"] == (wait == 0)
     assert ir["mma_serialised"] == (pending == 0)
+    assert ir["sources"] == [(3, False)]
     # an operand copied into shared memory inside the loop is not pipelined
     copied = _TTGIR.replace("%a_1 = ttg.memdesc_index %a[%x]", "%a_1 = ttg.local_alloc %t2 ")
     assert analyse_ttgir(copied)["depth"] == 1
+    # an operand computed in registers from a 2-deep buffer (a fused prologue) is traced back
+    # through the arithmetic; a loop-invariant factor (%inv, defined outside) is no source
+    prologue = _TTGIR.replace(
+        "%a_1 = ttg.memdesc_index %a[%x]",
+        "%wl = ttg.local_load %w_1 : !ttg.memdesc<128x64xbf16>\n"
+        "      %w_1 = ttg.memdesc_index %wb[%x] : !ttg.memdesc<2x128x64xbf16>\n"
+        "      %a_1 = arith.mulf %wl, %inv : tensor<128x64xbf16>\n"
+        "      %unused = ttg.memdesc_index %a[%x]").replace(
+        "    %b = ttg.local_alloc", "    %inv = tt.splat %t0 : f32\n"
+        "    %wb = ttg.local_alloc : () -> !ttg.memdesc<2x128x64xbf16, #shared, #smem, mutable>"
+        "\n    %b = ttg.local_alloc")
+    assert analyse_ttgir(prologue)["sources"] == [(2, True), (3, False)]
