@@ -271,6 +271,15 @@ def _sdd_configs() -> list:
     ]
 
 
+@triton.jit
+def _dsd_tile(tile, num_m, group, in_group):
+    """(token tile, output block) of a tile: groups of `group` token tiles × all output
+    blocks, token tiles fastest inside a group (the last group may be smaller)."""
+    first_m = (tile // in_group) * group
+    size = tl.minimum(num_m - first_m, group)
+    return first_m + (tile % in_group) % size, (tile % in_group) // size
+
+
 @triton.autotune(configs=_dsd_configs(), key=["M", "P", "B", "CAP", "V_T", "USE_TMA"],
                  prune_configs_by=_prune("BLOCK_R", "dsd"), **_TUNE_KW)
 @triton.jit(do_not_specialize=["CAP"])
@@ -293,16 +302,23 @@ def _bs_dsd_kernel(
     jj = tl.arange(0, MAXNNZ)
     offs_p = tl.arange(0, B)
     offs_r = tl.arange(0, BLOCK_R)
-    for tile in range(tl.program_id(0), num_m * NPB, tl.num_programs(0)):  # persistent
-        first_m = (tile // in_group) * group
-        size = tl.minimum(num_m - first_m, group)
-        pid_m = first_m + (tile % in_group) % size
-        pb = (tile % in_group) // size  # block row of W (forward) or block column (dX)
+    num_tiles = num_m * NPB
+    # each tile's block-list bounds are loaded one tile ahead (in flight during the previous
+    # tile's K loop): one dependent load fewer at a tile's start (three: ptr, order, idx)
+    _, pb_next = _dsd_tile(tl.program_id(0), num_m, group, in_group)
+    next_start = tl.load(ptr_ptr + pb_next)
+    next_end = tl.load(ptr_ptr + pb_next + 1)
+    for tile in range(tl.program_id(0), num_tiles, tl.num_programs(0)):  # persistent
+        pid_m, pb = _dsd_tile(tile, num_m, group, in_group)  # pb: block row / column of W
+        start = next_start
+        end = next_end
+        _, pb_next = _dsd_tile(tl.minimum(tile + tl.num_programs(0), num_tiles - 1), num_m,
+                               group, in_group)
+        next_start = tl.load(ptr_ptr + pb_next)
+        next_end = tl.load(ptr_ptr + pb_next + 1)
         m0 = pid_m * BLOCK_M
         offs_m = m0.to(tl.int64) + tl.arange(0, BLOCK_M)
         m_mask = offs_m < M
-        start = tl.load(ptr_ptr + pb)
-        end = tl.load(ptr_ptr + pb + 1)
         acc = tl.zeros((BLOCK_M, B), dtype=tl.float32)
         for c0 in range(start, end, MAXNNZ):  # one chunk unless the block has > MAXNNZ
             live = c0 + jj < end
