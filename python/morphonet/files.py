@@ -150,10 +150,20 @@ def _line_sum(text: str) -> str:
 
 
 def append_record(path: str | os.PathLike, record: Any) -> None:
-    """Append ``record`` as one JSON line followed by its checksum, flushed to disk."""
+    """Append ``record`` as one JSON line followed by its checksum, flushed to disk. A last
+    line a kill cut short (no newline; `read_records` leaves it out) is cut off first: appended
+    to, it would become a damaged line in the middle of the log, and every later read of the
+    resumed job's log would raise."""
     text = json.dumps(record, separators=(",", ":"))
-    with open(path, "a") as f:
-        f.write(f"{text}\t{_line_sum(text)}\n")
+    with open(path, "ab") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            with open(path, "rb") as r:
+                r.seek(end - 1)
+                if r.read(1) != b"\n":
+                    r.seek(0)
+                    f.truncate(r.read().rfind(b"\n") + 1)
+        f.write(f"{text}\t{_line_sum(text)}\n".encode())
         f.flush()
         os.fsync(f.fileno())
 

@@ -65,3 +65,21 @@ def test_atomic_write_never_leaves_half_a_file(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's owner-only 0600
+
+
+def test_append_after_a_line_cut_short_by_a_kill(tmp_path):
+    """A resumed job appends to a log whose last line a kill cut short: the cut line is
+    dropped, not glued to the new record (which would damage the log for every later read)."""
+    from morphonet.files import append_record, read_records
+
+    p = tmp_path / "runs.jsonl"
+    append_record(p, {"a": 1})
+    append_record(p, {"b": 2})
+    p.write_bytes(p.read_bytes()[:-7])  # killed while writing the second line
+    with pytest.warns(UserWarning, match="cut short"):
+        assert read_records(p) == [{"a": 1}]
+    append_record(p, {"c": 3})
+    assert read_records(p) == [{"a": 1}, {"c": 3}]
+    p.write_bytes(b'{"x"')  # cut short in the very first line
+    append_record(p, {"d": 4})
+    assert read_records(p) == [{"d": 4}]
