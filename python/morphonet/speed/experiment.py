@@ -394,6 +394,22 @@ def _check_same_settings(cfg: SpeedConfig) -> None:
         write_json(path, mine)
 
 
+def _check_budget_batch(cfg: SpeedConfig, done: dict[str, dict]) -> None:
+    """The budget run was planned (and trained) for the largest batch: ``batches`` may change
+    on a resume only as long as its largest entry does not, or the recorded budget run would
+    be reported against a batch it was not planned for."""
+    for task in TASKS:
+        plan = (done.get(f"{task}/budget") or {}).get("plan")
+        if plan is None:
+            continue
+        rows = max(cfg.batches) * (1 if task == "mlp" else cfg.gpt_ctx)
+        if plan["rows"] != rows:
+            raise ValueError(f"{cfg.out_dir} holds a {task} budget run planned for "
+                             f"{plan['rows']} rows a call, but batches={list(cfg.batches)} "
+                             f"makes {rows}; keep the largest of batches, use another --out, "
+                             f"or delete the folder to start afresh")
+
+
 def run_speed(cfg: SpeedConfig, log: Optional[Callable[[str], None]] = print) -> dict:
     """Train, export, time and render (module docstring); returns the summary. Finished runs
     and timings found in ``cfg.out_dir`` are kept."""
@@ -404,6 +420,7 @@ def run_speed(cfg: SpeedConfig, log: Optional[Callable[[str], None]] = print) ->
     timing_path = os.path.join(cfg.out_dir, "timing.jsonl")
     done = {r["run"]: r for r in (read_records(runs_path) if os.path.exists(runs_path)
                                   else [])}
+    _check_budget_batch(cfg, done)
     timed = {(t["task"], t["device"], t["dtype"], t["batch"]): t for t in
              (read_records(timing_path) if os.path.exists(timing_path) else [])}
     t0 = time.perf_counter()

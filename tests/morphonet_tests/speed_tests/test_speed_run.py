@@ -89,6 +89,10 @@ def test_resume_with_other_training_settings_is_refused(quick, capsys):
         run_speed(cfg.replace(mlp_epochs=3), log=None)
     assert main(["speed", "--quick", "--target-speedup", "2", "--out", cfg.out_dir]) == 2
     assert "target_speedup" in capsys.readouterr().err
+    # the budget run was planned for the largest batch: changing it is refused too
+    with pytest.raises(ValueError, match="batches"):
+        run_speed(cfg.replace(batches=[1, 32]), log=None)
+    run_speed(cfg.replace(batches=[64], rounds=1), log=None)  # same largest batch: kept
 
 
 def test_config_checks():
