@@ -17,6 +17,9 @@ every config for ``GPUTarget("cuda", 90, 32)`` with the installed Triton and rea
 * MMAs not serialised: on Hopper the loop's ``warp_group_dot`` must be async and its wait must
   keep at least one MMA pending (``warp_group_dot_wait {pendings = 0}`` right after every dot
   serialises them);
+* no global scratch memory (``metadata.global_scratch_size``, e.g. device-side tensor
+  descriptors): Triton allocates it per launch through ``triton.set_allocator``, which the
+  project does not call, so such a kernel compiles but cannot launch;
 * with ``ctas_per_sm``: that many programs fit one SM together (shared memory plus the 1 KB the
   driver reserves per block within 228 KB; registers, allocated per warp in units of 256,
   within 64 K), as a persistent grid sized SMs × ctas_per_sm assumes.
@@ -118,6 +121,7 @@ class Report:
     mma: str
     mma_serialised: bool
     problems: list
+    global_scratch: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -358,6 +362,13 @@ def check_config(case: Case, cfg) -> Report:
                         f"{ptx['spill_loads']} loaded ({ptx['registers']} registers)")
     if shared > SMEM_LIMIT:
         problems.append(f"shared memory {shared} bytes > {SMEM_LIMIT}")
+    # global scratch (device-side tensor descriptors, tl.make_tensor_descriptor, need it on
+    # sm_90): Triton asks triton.set_allocator's allocator for it at every launch, and the
+    # project sets none, so such a launch raises "no allocator was set" on the GPU
+    scratch = int(getattr(compiled.metadata, "global_scratch_size", 0) or 0)
+    if scratch:
+        problems.append(f"needs {scratch} bytes of global scratch per program: launches fail "
+                        "without triton.set_allocator")
     ctas = case.ctas_per_sm(cfg.kwargs) if callable(case.ctas_per_sm) else case.ctas_per_sm
     if ctas and ptx["registers"] is not None:
         regs = -(-ptx["registers"] * 32 // 256) * 256 * cfg.num_warps  # per block
@@ -394,7 +405,8 @@ def check_config(case: Case, cfg) -> Report:
                   registers=ptx["registers"], spill_stores=ptx["spill_stores"],
                   spill_loads=ptx["spill_loads"], k_loop=ir["k_loop"], depth=ir["depth"],
                   wait_all_in_loop=ir["wait_all_in_loop"], mma=ir["mma"],
-                  mma_serialised=ir["mma_serialised"], problems=problems)
+                  mma_serialised=ir["mma_serialised"], problems=problems,
+                  global_scratch=scratch)
 
 
 def check(cases: list[Case]) -> list[Report]:

@@ -1,0 +1,25 @@
+"""A kernel that loads through a device-side tensor descriptor (`tl.make_tensor_descriptor`):
+on sm_90 it compiles, but each launch needs global scratch memory from `triton.set_allocator`,
+which the project never sets, so on a GPU it raises "no allocator was set". The sm_90 checker
+must report it (test_sm90_compile.py)."""
+
+import triton
+import triton.language as tl
+
+from morpho_kernels.triton.sm90 import Case
+
+
+@triton.jit
+def _device_descriptor_kernel(x_ptr, y_ptr, M, N, BLOCK: tl.constexpr):
+    desc = tl.make_tensor_descriptor(x_ptr, shape=[M, N], strides=[N, 1],
+                                     block_shape=[BLOCK, BLOCK])
+    tile = desc.load([tl.program_id(0) * BLOCK, 0])
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs[:, None] * N + tl.arange(0, BLOCK)[None, :], tile)
+
+
+def scratch_cases() -> list:
+    return [Case("device_descriptor", _device_descriptor_kernel,
+                 dict(x_ptr="*bf16", y_ptr="*bf16", M=4096, N=4096), {},
+                 configs=[triton.Config({"BLOCK": 64}, num_warps=4)], mma=False,
+                 pipelined=False)]
