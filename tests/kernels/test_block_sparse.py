@@ -253,13 +253,15 @@ def test_ext_full_tiles_row_chunks_and_threads(block, threads, backend):
                                   {"BY_ROW": 0, "SPLIT_M": 1}, {"BY_ROW": 1, "SPLIT_M": 1},
                                   {"BY_ROW": 1, "SPLIT_M": 4}, {"BY_ROW": 1, "SPLIT_M": 0}],
                          ids=str)
-def test_triton_every_program_order_and_token_split(walk, dtype, backend):
+def test_triton_every_program_order_and_token_split(walk, dtype, backend, monkeypatch):
     """Each tuned walk of the kernels (dsd tile order on the persistent grid; sdd slot order
     and token split with fp32 atomics, SPLIT_M=0 the launch's own choice) against the
     reference, on a layout whose slots are out of row order (after regrows) and 600 tokens: 10
     tiles of 64 over 3 persistent programs, so GROUP_M=8 leaves a ragged last group, SPLIT_M=4
     a ragged last chunk."""
     from morpho_kernels.triton import block_sparse as tbs
+    # 3 programs on the GPU too (its 132 SMs would give each tile its own program)
+    monkeypatch.setattr(tbs, "num_sms", lambda device: 3)
     g = torch.Generator().manual_seed(5)
     block, grid = 16, (5, 6)
     layout = random_layout(grid, 0.5, block, seed=2, empty_row=1, full_row=3)
@@ -316,7 +318,7 @@ def test_deterministic_mode_leaves_out_the_atomic_token_split(backend, monkeypat
     atomics sum in a varying order): asking for a split finds no config, and the launch's own
     choice (SPLIT_M=0), which splits these 600 tokens in two on 40 SMs, keeps one chunk."""
     from morpho_kernels.triton import block_sparse as tbs
-    monkeypatch.setattr(tbs, "_INTERPRET_SMS", 40)
+    monkeypatch.setattr(tbs, "num_sms", lambda device: 40)  # on the GPU too
     backend("triton")
     layout, x, v, _, grad = make_case((600,), (2, 2), 16, 0.75, False, full_row=0)
     assert tbs.auto_split(layout.capacity, 600, 64, 40, False) == 2
@@ -359,11 +361,13 @@ def test_triton_block_lists_longer_than_maxnnz_and_one_program(backend, monkeypa
     walks every tile; both directions and dW against the reference."""
     from morpho_kernels.triton import block_sparse as tbs
     monkeypatch.setattr(tbs, "_MAXNNZ_CAP", 2)
-    monkeypatch.setattr(tbs, "_INTERPRET_SMS", 1)
+    asked = []  # one program on the GPU too, not its SM count
+    monkeypatch.setattr(tbs, "num_sms", lambda device: asked.append(device) or 1)
     assert tbs.maxnnz(5, 100) == 2
     for dtype in (torch.float32, torch.bfloat16):
         check_backend("triton", (130,), (4, 5), 16, 0.6, dtype, backend, empty_row=1,
                       full_row=2)
+    assert asked  # every launch sized its grid through num_sms
 
 
 def test_maxnnz_bound_needs_no_device_read():
