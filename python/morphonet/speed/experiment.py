@@ -348,19 +348,31 @@ def _time_task(cfg: SpeedConfig, task: str, runs: list[dict], data: _Data, devic
                        for k, v in res.items()}}
 
 
+_COMMIT: dict[str, Optional[str]] = {}  # the checkout's commit when this process started
+
+
+def _commit() -> Optional[str]:
+    """The commit of the code this process runs (None outside a git checkout): read once, at
+    the start of `run_speed` (a commit made while a long run trains is not the code it runs)."""
+    if "commit" not in _COMMIT:
+        import subprocess
+
+        try:
+            out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, timeout=10,
+                                 cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        _COMMIT["commit"] = out or None
+    return _COMMIT["commit"]
+
+
 def _provenance() -> dict[str, Any]:
     """torch's version, the time and the commit (None outside a git checkout), as the bench
     records carry them."""
     import datetime
-    import subprocess
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"torch": torch.__version__, "commit": commit or None,
+    return {"torch": torch.__version__, "commit": _commit(),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -414,6 +426,7 @@ def run_speed(cfg: SpeedConfig, log: Optional[Callable[[str], None]] = print) ->
     """Train, export, time and render (module docstring); returns the summary. Finished runs
     and timings found in ``cfg.out_dir`` are kept."""
     log = log or (lambda s: None)
+    _commit()  # before anything is trained: the records name the code that made them
     os.makedirs(os.path.join(cfg.out_dir, "models"), exist_ok=True)
     _check_same_settings(cfg)
     runs_path = os.path.join(cfg.out_dir, "runs.jsonl")

@@ -104,3 +104,29 @@ def test_config_checks():
         SpeedConfig(budget_task="cnn")
     assert SpeedConfig.from_dict(SpeedConfig.quick().to_dict()) == SpeedConfig.quick()
     assert torch.get_num_threads() >= 1
+
+
+def test_records_name_the_commit_the_run_started_at(tmp_path, monkeypatch):
+    """A commit made while a long run trains is not the code it runs: every record carries
+    the commit read when the run started."""
+    import subprocess
+
+    from morphonet.speed import experiment
+
+    heads = iter(f"c{i}" for i in range(100))
+    real = subprocess.run
+
+    def fake(cmd, *a, **kw):
+        if list(cmd[:2]) == ["git", "rev-parse"]:  # HEAD moves on every look
+            return subprocess.CompletedProcess(cmd, 0, stdout=next(heads) + "\n", stderr="")
+        return real(cmd, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "run", fake)
+    monkeypatch.setattr(experiment, "_COMMIT", {}, raising=False)
+    cfg = SpeedConfig.quick(out_dir=str(tmp_path), tasks=("mlp",), budget_task="none",
+                            mlp_structures=("element:0.5",), batches=[4], rounds=1,
+                            mlp_epochs=1, mlp_train_rows=128, mlp_hidden=[64, 64])
+    run_speed(cfg, log=None)
+    recs = (read_records(os.path.join(cfg.out_dir, "runs.jsonl"))
+            + read_records(os.path.join(cfg.out_dir, "timing.jsonl")))
+    assert len(recs) >= 3 and {r["commit"] for r in recs} == {"c0"}
