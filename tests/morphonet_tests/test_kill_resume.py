@@ -238,3 +238,30 @@ def test_compare_sigkill_then_resume_keeps_finished_runs(tmp_path):
         if (r["method"], r["seed"]) in kept:
             assert r["seconds"] == kept[(r["method"], r["seed"])]
     assert not partial.exists()
+
+
+def test_grow_resume_with_other_settings_is_refused(tmp_path):
+    """The partial runs belong to one job: a resume with other training settings is refused
+    (exit 2 from the CLI), not merged into results trained otherwise."""
+    from morphonet.growth.experiment import GrowExperimentConfig, run_grow_experiment
+
+    cfg = GrowExperimentConfig(datasets=("digits",), seeds=2, epochs={"digits": 2},
+                               hidden=(12,), methods=("structure",), out_dir=str(tmp_path))
+
+    def stop_after_first_run(line):
+        if "growth events" in line:  # seed 0 recorded: interrupted here
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grow_experiment(cfg, progress=False, log=stop_after_first_run)
+    assert len(read_records(tmp_path / "runs.partial.jsonl")) == 1
+    with pytest.raises(ValueError, match="epochs"):
+        run_grow_experiment(cfg.replace(epochs={"digits": 3}), progress=False, log=None,
+                            resume=True)
+    args = ["grow", "--datasets", "digits", "--seeds", "2", "--epochs", "2", "--hidden", "12",
+            "--methods", "structure", "--no-progress", "--out", str(tmp_path), "--resume"]
+    assert main(args[:6] + ["3"] + args[7:]) == 2  # --epochs 3
+    lines = []
+    res = run_grow_experiment(cfg, progress=False, log=lines.append, resume=True)
+    assert any("resuming: 1 finished runs" in s for s in lines)
+    assert [r["seed"] for r in res["runs"]] == [0, 1]

@@ -44,7 +44,13 @@ def _grow(args: argparse.Namespace) -> int:
     cfg = GrowExperimentConfig.quick(**kw) if args.quick else GrowExperimentConfig(**kw)
     if args.epochs is not None:
         cfg = cfg.replace(epochs={d: args.epochs for d in cfg.datasets})
-    res = run_grow_experiment(cfg, progress=not args.no_progress, resume=args.resume)
+    try:
+        res = run_grow_experiment(cfg, progress=not args.no_progress, resume=args.resume)
+    except ValueError as e:
+        if not str(e).startswith("resume:"):
+            raise
+        print(e, file=sys.stderr)
+        return 2
     from .experiment import format_table
 
     print(format_table(res))

@@ -16,6 +16,7 @@ the extension, ~1 s, a one-off process cost that is not growth bookkeeping).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -29,7 +30,15 @@ import torch
 from ..checks import check_device
 from ..config import Config, int_dict, int_list, ints, names, one_of, reals, setting
 from ..data import load_dataset
-from ..files import append_record, atomic_write, load_torch, read_records, save_torch, write_json
+from ..files import (
+    append_record,
+    atomic_write,
+    load_torch,
+    read_json,
+    read_records,
+    save_torch,
+    write_json,
+)
 from ..loop import accuracy, shuffled_batches, torch_threads
 from .extrema import EXTREMA_ACTIVATIONS, ExtremaConfig
 from .peers import SparsePeer, make_peer_network, train_peer_epoch
@@ -248,12 +257,25 @@ def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
     os.makedirs(cfg.out_dir, exist_ok=True)
     partial = os.path.join(cfg.out_dir, "runs.partial.jsonl")
     work = os.path.join(cfg.out_dir, "work")
+    job = os.path.join(cfg.out_dir, "runs.partial.job.json")  # what the partial runs belong to
+    # the runs' training settings (methods may change: runs are keyed by method)
+    settings = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items()
+                                      if k not in ("out_dir", "methods")}))
+    if resume and (os.path.exists(partial) or os.path.exists(work)):
+        old = read_json(job) if os.path.exists(job) else None
+        if old != settings:
+            diff = (sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                    if old is not None else ["unknown: no " + os.path.basename(job)])
+            raise ValueError(f"resume: {partial} and {work} belong to a job with other "
+                             f"settings ({', '.join(diff)}); rerun with that job's flags, or "
+                             f"without --resume to start afresh")
     if not resume:
-        for path in (partial, work):
+        for path in (partial, work, job):
             if os.path.isdir(path):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
+    write_json(job, settings)
     done = {_run_key(r): r for r in read_records(partial)} if os.path.exists(partial) else {}
     runs = []
     tasks = [(d, s) for d in cfg.datasets for s in range(cfg.seeds)]
@@ -304,7 +326,7 @@ def _run_grow_experiment(cfg: GrowExperimentConfig, progress: bool,
     write_json(os.path.join(cfg.out_dir, "results.json"), res)
     atomic_write(os.path.join(cfg.out_dir, "table.md"), format_table(res).encode())
     plot_timeline(runs, os.path.join(cfg.out_dir, "timeline.png"))
-    for path in (partial, work):  # everything is in results.json now
+    for path in (partial, work, job):  # everything is in results.json now
         if os.path.isdir(path):
             shutil.rmtree(path)
         elif os.path.exists(path):
