@@ -287,13 +287,11 @@ class GraphedRegrow:
         self.scores = torch.zeros(grid, device=dev, dtype=torch.float32)
         # warm up (lazy kernel initialisation) on a side stream, on a copy: a regrow changes
         # the layout, and constructing this object must not
-        scratch = copy.deepcopy(layer)
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
-            scratch.regrow(drop, self.scores, group=None)
+            _warm_up_regrow(layer, drop, self.scores, optimizer)
         torch.cuda.current_stream(dev).wait_stream(side)
-        del scratch
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.slots = layer.regrow(drop, self.scores, optimizer=optimizer, group=None)
@@ -307,6 +305,21 @@ class GraphedRegrow:
         self.scores.copy_(grow_scores)
         self.graph.replay()
         return self.slots
+
+
+def _warm_up_regrow(layer: BlockSparseLinear, drop: int, scores: Tensor,
+                    optimizer: torch.optim.Optimizer | None) -> None:
+    """The regrow `GraphedRegrow` captures, run once on copies of the layer and of the
+    optimizer moments it zeroes: every kernel the capture launches (the zeroing kernel is
+    specialised on how many tensors it zeroes and their dtypes) is then compiled and loaded,
+    since loading a Triton kernel while a stream captures fails ("operation not permitted when
+    stream is capturing")."""
+    scratch = copy.deepcopy(layer)
+    moments = []
+    if optimizer is not None:
+        moments = [v.detach().clone() for v in optimizer.state.get(layer.values, {}).values()
+                   if isinstance(v, Tensor) and v.shape == layer.values.shape]
+    scratch.layout.regrow(scratch.values.data, drop, scores, also_zero=moments)
 
 
 def _stateless(optimizer: torch.optim.Optimizer) -> bool:

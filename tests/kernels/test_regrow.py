@@ -314,3 +314,41 @@ def test_slot_norms_match_block_norms():
         want = layout.block_norms(v).float()
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=4 * 2**-23 * math.sqrt(32), atol=0)
+
+
+@pytest.mark.parametrize("opt_name", ["adam_amsgrad", "sgd"])
+def test_graphed_regrow_warm_up_launches_what_the_capture_launches(opt_name, backend,
+                                                                     monkeypatch):
+    """GraphedRegrow's warm-up (before its CUDA-graph capture) zeroes as many tensors of the
+    same dtypes as the captured regrow does, so the zeroing kernel's specialisation (N_T,
+    pointer dtypes) is compiled and loaded before the capture, where loading one fails; and it
+    changes neither the layer nor the optimizer state."""
+    from morpho_kernels.nn.block_sparse import _warm_up_regrow
+    from morpho_kernels.triton import regrow as tk
+
+    backend("triton")
+    torch.manual_seed(0)
+    layer = BlockSparseLinear(64, 96, block_size=16, density=0.4).to(DEV)
+    make = {"adam_amsgrad": lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
+            "sgd": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9)}[opt_name]
+    opt = make(layer.parameters())
+    layer(torch.randn(8, 64).to(DEV)).square().mean().backward()
+    opt.step()
+    launched = []
+    real = tk.zero_slots
+    monkeypatch.setattr(tk, "zero_slots", lambda slots, ts: launched.append(
+        tuple(t.dtype for t in ts)) or real(slots, ts))
+    before = ({n: b.clone() for n, b in layer.named_buffers()}, layer.values.detach().clone(),
+              {k: v.clone() for k, v in opt.state[layer.values].items() if torch.is_tensor(v)})
+    scores = torch.rand(layer.layout.grid).to(DEV)
+    _warm_up_regrow(layer, 5, scores, opt)
+    warm = launched[:]
+    for n, b in layer.named_buffers():
+        assert torch.equal(b, before[0][n]), n
+    assert torch.equal(layer.values, before[1])
+    for k, v in opt.state[layer.values].items():
+        if torch.is_tensor(v):
+            assert torch.equal(v, before[2][k]), k
+    launched.clear()
+    layer.regrow(5, scores, optimizer=opt)
+    assert warm == launched and len(warm[0]) == (4 if opt_name == "adam_amsgrad" else 2)
