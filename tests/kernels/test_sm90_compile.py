@@ -38,7 +38,7 @@ SPECS = {name: f"morpho_kernels.triton.{name}:sm90_cases" for name, src in MODUL
          if "def sm90_cases(" in src}
 SPECS.setdefault("masked_linear", f"{FIXTURES / 'masked_linear_cases.py'}:masked_linear_cases")
 SPECS["old_dsd"] = f"{FIXTURES / 'old_dsd.py'}:old_dsd_cases"
-SPECS["scratch"] = f"{FIXTURES / 'scratch.py'}:scratch_cases"
+SPECS["must_fail"] = f"{FIXTURES / 'must_fail.py'}:must_fail_cases"
 # Kernels of another module that fail a check today, and why (the module's owner fixes them):
 # the test xfails on these failures only, and passes once they are fixed. Empty since 4fb0c02:
 # masked_linear's fused matmul (one buffer and serialised MMAs before: its weight operand was
@@ -110,7 +110,7 @@ def test_block_sparse_kernels_compile_clean_for_sm90(version):
                        for k, cfg in checked), f"{kernel} {want} is not checked"
 
 
-@pytest.mark.parametrize("module", sorted(set(SPECS) - {"block_sparse", "old_dsd", "scratch"}))
+@pytest.mark.parametrize("module", sorted(set(SPECS) - {"block_sparse", "old_dsd", "must_fail"}))
 @pytest.mark.parametrize("version", VERSIONS)
 def test_kernel_modules_compile_for_sm90(version, module):
     """Every other kernel module (masked_linear, regrow, ...): each check passes, except the
@@ -157,10 +157,19 @@ def test_checker_catches_a_kernel_that_needs_an_allocator(version):
     """A device-side tensor descriptor needs global scratch at every launch, from
     triton.set_allocator (which the project never calls): it compiles for sm_90 but cannot
     launch; every project kernel needs none (the compile-clean tests above)."""
-    (rep,) = _reports(version)["scratch"]
+    (rep,) = [r for r in _reports(version)["must_fail"] if r["case"] == "device_descriptor"]
     assert "error" not in rep, _describe(rep)
     assert rep["global_scratch"] > 0
     assert any("global scratch" in p for p in rep["problems"]), rep["problems"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_checker_catches_register_spills(version):
+    """ptxas's spill report is read (no project kernel spills any more, so a fixture does)."""
+    (rep,) = [r for r in _reports(version)["must_fail"] if r["case"] == "spill"]
+    assert "error" not in rep, _describe(rep)
+    assert rep["spill_stores"] > 0 and rep["spill_loads"] > 0, _describe(rep)
+    assert any("register spills" in p for p in rep["problems"]), rep["problems"]
 
 
 # a K loop as Triton writes it for sm_90, cut to the lines the analysis reads
