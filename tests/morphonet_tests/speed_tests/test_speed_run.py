@@ -10,7 +10,7 @@ from morphonet.cli import main
 from morphonet.files import read_records
 from morphonet.speed import SpeedConfig, run_speed
 from morphonet.speed.budget import Plan
-from morphonet.speed.experiment import _Data, _exports_of, _load
+from morphonet.speed.experiment import BUDGET_ATTEMPTS, _Data, _exports_of, _load
 from morphonet.timing import time_models
 
 
@@ -63,6 +63,18 @@ def test_budget_met_measured_against_the_dense_twin(quick):
     assert "error" not in rec, rec.get("error")
     plan = Plan.from_dict(rec["plan"])
     assert plan.predicted_ms <= plan.budget_ms + 1e-9
+    # the closed loop: it stops at the first attempt that measured the budget met; each
+    # re-plan scales the previous target by that attempt's predicted / measured speed-up; the
+    # record's plan is the last attempt's
+    tries = rec["budget_attempts"]
+    assert 1 <= len(tries) <= BUDGET_ATTEMPTS
+    assert not any(a["met"] for a in tries[:-1])
+    assert tries[0]["planned_target_speedup"] == cfg.target_speedup
+    for a, b in zip(tries, tries[1:]):
+        assert b["planned_target_speedup"] == pytest.approx(
+            a["planned_target_speedup"] * a["predicted_speedup"] / a["measured_speedup"])
+    assert tries[-1]["predicted_ms"] == pytest.approx(plan.predicted_ms)
+    assert tries[-1]["met"] == (tries[-1]["measured_speedup"] >= cfg.target_speedup)
     data = _Data(cfg, "mlp")
     dense = _load(cfg, runs["mlp/dense"], data)
     exported = _exports_of(rec, _load(cfg, rec, data))["budget"]
