@@ -339,7 +339,13 @@ def rank_shard(x: Tensor, y: Tensor, group: Any) -> tuple[Tensor, Tensor]:
     """This rank's share of (x, y) for data-parallel training over ``group``: rows
     ``rank, rank + world, ...``, every rank the same number (⌊n / world⌋; the last few rows
     left out), so every rank takes the same number of steps (a rank with one step more would
-    wait for the others' gradients forever). ``group=None``: (x, y) unchanged."""
+    wait for the others' gradients forever). ``group=None`` (or a group of one rank): (x, y)
+    unchanged; "auto" as `morpho_kernels.distributed.resolve_group`."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.shape[0] != y.shape[0]:
+        raise ValueError("x and y must be tensors with the same number of rows, got "
+                         + " and ".join(f"{tuple(t.shape)}" if isinstance(t, Tensor)
+                                        else type(t).__name__ for t in (x, y)))
+    group = resolve_group(group, "shard", "rows")  # (a rank outside the group: ValueError)
     if group is None:
         return x, y
     import torch.distributed as dist

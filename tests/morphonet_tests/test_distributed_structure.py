@@ -325,3 +325,8 @@ def test_group_arguments_without_distributed():
     assert DataParallel(None).group is None
     x, y = torch.arange(5.0), torch.arange(5)
     assert rank_shard(x, y, None)[0] is x
+    assert rank_shard(x, y, "auto")[0] is x  # no torch.distributed: rank-local
+    with pytest.raises(ValueError, match="same number of rows"):
+        rank_shard(x, y[:3], None)
+    with pytest.raises(RuntimeError, match="not initialised"):
+        rank_shard(x, y, object())
