@@ -67,6 +67,19 @@ def time_ms(fn: Callable[[], object], device: str, min_reps: int = 5, max_reps: 
     return statistics.median(times), q[1], q[7]
 
 
+def steady_ms(fn: Callable[[], object], device: str, calls: int = 20,
+              **kwargs) -> tuple[float, float, float]:
+    """`time_ms` per call of ``calls`` calls of fn queued back to back in each timed window
+    (steady state: host work overlaps the queued kernels, as in a training loop); kwargs go to
+    `time_ms`."""
+    def window() -> None:
+        for _ in range(calls):
+            fn()
+
+    med, p20, p80 = time_ms(window, device, **kwargs)
+    return med / calls, p20 / calls, p80 / calls
+
+
 def time_pair_ms(fa: Callable[[], object], fb: Callable[[], object], device: str,
                  min_reps: int = 20, budget_s: Optional[float] = None,
                  warmup: int = 2) -> tuple[float, float]:

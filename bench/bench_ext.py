@@ -32,7 +32,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Recorder, peak_mem_mb, time_ms  # noqa: E402
+from _common import Recorder, peak_mem_mb, steady_ms, time_ms  # noqa: E402
 
 from morpho_kernels import reference_graph  # noqa: E402
 from morpho_kernels.formats import EdgeList  # noqa: E402
@@ -63,10 +63,10 @@ def _dt(dtype: torch.dtype) -> str:
 def _add(rec, device, op, impl, mode, dtype, shape, fn, dispatch=None, nbytes=None, calls=1,
          finish=None, **extra):
     """Time fn and write its record; `backend` is read from the dispatcher after the calls,
-    `gbps` is nbytes / median time, both per call. fn may make `calls` calls: times are per
-    call (calls > 1 is steady state: `calls` queued between two events). finish(fields) may
+    `gbps` is nbytes / median time, both per call. fn makes one call; calls > 1 times it in
+    steady state (`_common.steady_ms`: `calls` queued per timed window). finish(fields) may
     add fields computed from the timing before the record is written."""
-    med, p20, p80 = (t / calls for t in time_ms(fn, device))
+    med, p20, p80 = steady_ms(fn, device, calls) if calls > 1 else time_ms(fn, device)
     if dispatch is not None:
         extra["backend"] = dispatch.last
     if nbytes is not None:
@@ -94,7 +94,7 @@ def bench_extrema(rec, device, rows, c, dtype, peers=True):
         dst = torch.empty_like(x)
         for timing, n in (("per_call", 1), ("steady", STEADY_CALLS)):
             r = _add(rec, device, "extrema_stats", "copy", "fwd", dtype, shape,
-                     _repeat(lambda: dst.copy_(x), n), nbytes=2 * nbytes, calls=n, timing=timing)
+                     lambda: dst.copy_(x), nbytes=2 * nbytes, calls=n, timing=timing)
             copy_gbps[timing] = r["gbps"]
         del dst
 
@@ -106,7 +106,7 @@ def bench_extrema(rec, device, rows, c, dtype, peers=True):
         return extrema_ops.extrema_stats(x, LOW, HIGH)
 
     for timing, n in (("per_call", 1), ("steady", STEADY_CALLS)) if cuda else (("per_call", 1),):
-        _add(rec, device, "extrema_stats", "morpho", "fwd", dtype, shape, _repeat(morpho, n),
+        _add(rec, device, "extrema_stats", "morpho", "fwd", dtype, shape, morpho,
              dispatch=extrema_ops.DISPATCH, nbytes=nbytes, calls=n, timing=timing,
              copy_fraction=None, finish=lambda f, t=timing: _copy_fraction(f, copy_gbps, t))
     if not peers:
@@ -115,17 +115,6 @@ def bench_extrema(rec, device, rows, c, dtype, peers=True):
              "reference": lambda: reference_graph.extrema_stats(x.view(rows, c, 1), LOW, HIGH)}
     for impl, fn in impls.items():  # gbps: bytes read / time
         _add(rec, device, "extrema_stats", impl, "fwd", dtype, shape, fn, nbytes=nbytes)
-
-
-def _repeat(fn, n):
-    """fn called n times in one timed window (n = 1: fn itself)."""
-    if n == 1:
-        return fn
-
-    def run():
-        for _ in range(n):
-            fn()
-    return run
 
 
 def _copy_fraction(fields: dict, copy_gbps: dict, timing: str) -> None:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Recorder, _sync, peak_mem_mb, saved_mb, time_ms  # noqa: E402
+from _common import Recorder, peak_mem_mb, saved_mb, steady_ms, time_ms  # noqa: E402
 
 import morpho_kernels as mk  # noqa: E402
 from morpho_kernels.ops.masked_linear import DISPATCH  # noqa: E402
@@ -53,31 +53,9 @@ ITERS = 20  # calls per synchronisation in steady-state timing
 TARGET = (8192, 4096, torch.bfloat16)  # issue 22: tokens, n = k, dtype
 
 
-def steady_ms(fn, device: str, iters: int = ITERS, reps: int = 7) -> tuple[float, float, float]:
-    """Median, 20th and 80th percentile over ``reps`` of the time per call of ``iters`` calls
-    queued back to back between two synchronisations (CUDA events on GPU, wall clock on CPU)."""
-    import statistics
-    import time
-
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for _ in range(iters):
-                fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / iters)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            times.append((time.perf_counter() - t0) * 1e3 / iters)
-    q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else times * 9
-    return statistics.median(times), q[1], q[7]
+def _steady(fn, device: str) -> tuple[float, float, float]:
+    """Steady-state time per call: ITERS calls per timed window (_common.steady_ms)."""
+    return steady_ms(fn, device, ITERS)
 
 
 @contextlib.contextmanager
@@ -144,7 +122,7 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, dtype: torch.dty
                 peak = peak_mem_mb(run, device)
                 saved = (saved_mb(lambda fn=fn: fn(xg, w, m, t, b), (xg, w, m, t, b))
                          if mode == "fwd+bwd" else 0.0)
-                for timing, timer in (("per_call", time_ms), ("steady", steady_ms)):
+                for timing, timer in (("per_call", time_ms), ("steady", _steady)):
                     med, p20, p80 = timer(run, device)
                     backend = DISPATCH.last if impl.startswith("morpho") else None
                     out.append(rec.add(
