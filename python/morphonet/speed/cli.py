@@ -43,7 +43,9 @@ def _speed(args: argparse.Namespace) -> int:
             print(f"--render: no records in {cfg.out_dir}/ (runs.jsonl, timing.jsonl)",
                   file=sys.stderr)
             return 2
-        summary = render(cfg, *(read_records(p) for p in paths))
+        runs, timings = (read_records(p) for p in paths)
+        cfg = _recorded_config(cfg, runs, timings)
+        summary = render(cfg, runs, timings)
     else:
         try:
             summary = run_speed(cfg, log=None if args.quiet else print)
@@ -54,6 +56,23 @@ def _speed(args: argparse.Namespace) -> int:
     print(f"results in {cfg.out_dir}/ (speed.md, speed.json, speed.png, runs.jsonl, "
           f"timing.jsonl, costmodel.json)")
     return 0
+
+
+def _recorded_config(cfg, runs: list, timings: list):
+    """The settings the records in ``cfg.out_dir`` were made with (its ``settings.json``;
+    tasks and batches as the records hold them), so ``--render`` judges them by their own
+    batch sizes and budget, whatever flags it was given; ``cfg`` where no settings.json
+    exists."""
+    from ..files import read_json
+    from .experiment import TASKS, SpeedConfig
+
+    path = os.path.join(cfg.out_dir, "settings.json")
+    if not os.path.exists(path):
+        return cfg
+    kw = dict(read_json(path), out_dir=cfg.out_dir, rounds=cfg.rounds)
+    kw["tasks"] = tuple(t for t in TASKS if any(r["task"] == t for r in runs)) or cfg.tasks
+    kw["batches"] = sorted({int(t["batch"]) for t in timings}) or list(cfg.batches)
+    return SpeedConfig.from_dict(kw)
 
 
 def add_speed_parser(subparsers) -> argparse.ArgumentParser:

@@ -91,6 +91,11 @@ def test_cli_quick_render_and_errors(quick, capsys):
     assert main(["speed", "--quick", "--render", "--out", cfg.out_dir]) == 0
     assert "# morpho speed" in capsys.readouterr().out
     assert main(["speed", "--quick", "--render", "--out", cfg.out_dir + "/none"]) == 2
+    # without --quick: the records are still judged by their own settings (batch 64, 1.5×)
+    before = open(os.path.join(cfg.out_dir, "speed.md")).read()
+    assert main(["speed", "--render", "--out", cfg.out_dir]) == 0
+    capsys.readouterr()
+    assert open(os.path.join(cfg.out_dir, "speed.md")).read() == before
     assert main(["speed", "--quick", "--rounds", "0", "--out", cfg.out_dir]) == 2
     assert "rounds" in capsys.readouterr().err
 
