@@ -118,6 +118,7 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
             tuned = {"tuned": tbs.tuned_configs(tokens, shape["blocks"])}  # autotune's choice
             if mode == "fwd+bwd":
                 tuned["sdd_split"] = tbs.last_sdd_split  # token chunks of the dW launch
+            tuned["tma"] = dict(tbs.last_tma)  # TMA descriptors or the pointer path, per kernel
         else:
             tuned = {}
         if impl in ("morpho", "dense") and mode in ("fwd", "fwd+bwd"):

@@ -496,6 +496,12 @@ def _major(device: torch.device) -> int:
     return _MAJOR[index]
 
 
+# whether the latest launch of each kernel read its operands through TMA descriptors (else
+# the pointer path: fp32, strided or misaligned inputs, no sm_90, MORPHO_TMA=0); benchmarks
+# record it, so a fallback to the pointer path shows in their records
+last_tma: dict[str, bool] = {}
+
+
 def _descriptor(t: torch.Tensor, block: int) -> TensorDescriptor:
     # the block shape is set per config by _tma_hook before the launch
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [block, block])
@@ -522,6 +528,7 @@ def dsd(a: torch.Tensor, values: torch.Tensor, ptr: torch.Tensor, order: torch.T
     cap = values.shape[0]
     v2 = values.view(cap * b, b)  # (C·B, B): block s is rows s·B .. s·B + B
     use_tma = _tma_ok(a, v2) if cap else False
+    last_tma["dsd fwd" if transpose else "dsd dX"] = use_tma
     a_src, v_src = (_descriptor(a, b), _descriptor(v2, b)) if use_tma else (a, values)
     svr, svp = (1, b) if transpose else (b, 1)
     sms = num_sms(a.device)
@@ -605,6 +612,7 @@ def sdd(grad_out: torch.Tensor, x: torch.Tensor, rows: torch.Tensor, cols: torch
     ws = (torch.empty(dv.shape, device=dv.device, dtype=torch.float32)
           if dv.dtype != torch.float32 and workspace_needed(block, det) else dv)
     use_tma = _tma_ok(grad_out, x)
+    last_tma["sdd"] = use_tma
     dy_src, x_src = ((_descriptor(grad_out, block), _descriptor(x, block)) if use_tma
                      else (grad_out, x))
     sms = num_sms(x.device)

@@ -350,9 +350,12 @@ def test_triton_tma_and_pointer_paths(tma, backend, monkeypatch):
                   full_row=2)
     # forward (x, V), dX (dY, V), dW (dY, x): two descriptors per launch
     assert len(made) == (6 if tma == "1" else 0)
+    # what the benchmarks record: each kernel's latest path
+    assert tbs.last_tma == dict.fromkeys(("dsd fwd", "dsd dX", "sdd"), tma == "1")
     made.clear()
     check_backend("triton", (5,), (2, 2), 16, 0.5, torch.float32, backend, full_row=0)
     assert made == []
+    assert tbs.last_tma == dict.fromkeys(("dsd fwd", "dsd dX", "sdd"), False)
 
 
 def test_triton_block_lists_longer_than_maxnnz_and_one_program(backend, monkeypatch):
