@@ -157,6 +157,11 @@ def test_measure_costs_cached_per_machine(tmp_path):
     assert lines == [] and again.entries == cm.entries  # nothing timed again
     with pytest.raises(ValueError, match="formats"):
         measure_costs(shapes, 8, formats=("csr",))
+    # other densities than the cache holds: timed, not answered from the old grid
+    finer = measure_costs(shapes, 8, formats=("edge", "block16"), densities=(0.05, 0.1, 1.0),
+                          rounds=1, cache=cache, log=lines.append)
+    assert len(lines) == 1
+    assert [d for d, _ in finer.entry(shapes[0])["edge"]] == [0.05, 0.1, 1.0]
 
 
 def _data(n=192, seed=0):
