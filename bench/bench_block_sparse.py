@@ -46,6 +46,7 @@ from _common import Recorder, peak_mem_mb, time_ms, time_pair_ms  # noqa: E402
 
 from morpho_kernels.nn import BlockSparseLinear  # noqa: E402
 from morpho_kernels.ops.block_sparse_linear import DISPATCH  # noqa: E402
+from morpho_kernels.ops.regrow import DISPATCH as REGROW_DISPATCH  # noqa: E402
 
 # grid: (tokens, sizes n = k, blocks, sparsities, dtypes)
 GRIDS = {
@@ -168,9 +169,12 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
     k = min(k, nbr * nbc - layer.values.shape[0])
     if k > 0:
         scores = torch.rand(nbr, nbc, device=device, generator=g)
+        # regrow_backend: the regrow dispatcher's choice (three Triton kernels on CUDA, or the
+        # ATen path it fell back to), read after the calls
         record("morpho", "regrow", lambda: layer.regrow(k, scores, optimizer=opt),
                shape={**shape, "regrow_blocks": k},
-               extra=lambda med: {"regrow_over_step": med / step})
+               extra=lambda med: {"regrow_over_step": med / step,
+                                  "regrow_backend": REGROW_DISPATCH.last})
         graphed = None
         if device.startswith("cuda"):  # the same regrow replayed from one CUDA graph
             from morpho_kernels.nn import GraphedRegrow
@@ -178,7 +182,8 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
             graphed = GraphedRegrow(layer, k, optimizer=opt)
             record("morpho", "regrow_graphed", lambda: graphed(scores),
                    shape={**shape, "regrow_blocks": k},
-                   extra=lambda med: {"regrow_over_step": med / step})
+                   extra=lambda med: {"regrow_over_step": med / step,
+                                      "regrow_backend": REGROW_DISPATCH.last})
         # What a training loop pays: a training step (fwd+bwd, optimizer step) with and
         # without one regrow after it, timed in alternation. On a GPU the regrow's host-side
         # launches overlap the step's queued kernels (nothing synchronises), so the difference
@@ -204,7 +209,8 @@ def bench_case(rec: Recorder, device: str, tokens: int, n: int, block: int, spar
             rec.add(**common, shape={**shape, "regrow_blocks": k}, impl="morpho", mode=mode,
                     median_ms=with_regrow,
                     step_ms=plain, regrow_marginal_ms=with_regrow - plain,
-                    regrow_over_train_step=(with_regrow - plain) / plain, backend=None)
+                    regrow_over_train_step=(with_regrow - plain) / plain, backend=None,
+                    regrow_backend=REGROW_DISPATCH.last)
 
 
 def summarize(records: list[dict]) -> str:

@@ -105,10 +105,11 @@ ext_args() { echo "${EXT_ARGS:---targets}"; }
 # without --targets, block_sparse would autotune every config: the first fitting one only
 autotune_env() { [[ " $1 " == *"-targets "* ]] && echo "" || echo "MORPHO_AUTOTUNE=${MORPHO_AUTOTUNE:-0}"; }
 
-# the CPU-side checks (sm_90 compiles, nvcc SASS, this script's dry run) passed where they were
-# written and need no GPU: here they would only spend the stage's limit (~45 cold Triton
-# compiles in each xdist worker that reaches one of them, 14 nvcc compiles)
-CPU_ONLY_TESTS="test_sm90_compile.py test_sass.py test_gpu_session.py"
+# the CPU-side checks (sm_90 compiles, nvcc SASS, this script's dry run, the benches' CPU
+# checks) passed where they were written and need no GPU: here they would only spend the
+# stage's limit (~45 cold Triton compiles in each xdist worker that reaches one of them, 14
+# nvcc compiles)
+CPU_ONLY_TESTS="test_sm90_compile.py test_sass.py test_gpu_session.py test_bench_timing.py"
 pytest_args() {
   local a="-q -x -p no:cacheprovider tests/kernels" t
   for t in $CPU_ONLY_TESTS; do a="$a --ignore=tests/kernels/$t"; done

@@ -47,3 +47,17 @@ def test_ext_bench_steady_timing_is_the_skeletons(monkeypatch):
     r = bench_ext._add(Rec(), "cpu", "extrema_stats", "copy", "fwd", "float32", {},
                        lambda: calls.append(1), nbytes=4e6, calls=4, timing="steady")
     assert len(calls) >= 4 and r["median_ms"] == 2.0 and r["gbps"] == 4e6 / 2.0 / 1e6
+
+
+def test_block_sparse_bench_records_the_regrow_backend(tmp_path):
+    """The regrow records say which regrow ran (Triton kernels or the ATen fallback): the
+    block_sparse dispatcher's `backend` says nothing about it."""
+    import json
+
+    import bench_block_sparse
+
+    out = tmp_path / "bs.jsonl"
+    bench_block_sparse.main(["--quick", "--device", "cpu", "--out", str(out)])
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    regrows = [r for r in recs if "regrow" in r["mode"]]
+    assert regrows and all(r["regrow_backend"] == "reference" for r in regrows), regrows
