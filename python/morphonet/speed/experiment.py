@@ -278,15 +278,17 @@ def _measure_budget(cfg: SpeedConfig, model: nn.Module, plan: Plan, data: _Data)
     x = data.batch(max(cfg.batches))
     models = {"dense": dense_twin(model).eval(), "budget": export_plan(model, plan)}
     res = time_models(models, x, reference="dense", rounds=cfg.rounds, threads=cfg.threads)
-    return {"median_ms": res["budget"]["median_ms"],
-            "speedup": res["budget"]["speedup"]["median"]}
+    return {"median_ms": res["budget"]["median_ms"], "p80_ms": res["budget"]["p80_ms"],
+            "speedup": res["budget"]["speedup"]["median"],
+            "speedup_p20": res["budget"]["speedup"]["p20"]}
 
 
 def _budget_run(cfg: SpeedConfig, task: str, data: _Data, log: Callable[[str], None]) -> dict:
     """The budget run, closed loop: plan with the measured cost model, train, export, time the
     export against the dense twin; while the measurement misses the budget, re-plan with the
     target scaled by predicted / measured (the kernels' time inside the whole model is not
-    the sum of their isolated times) and train again, at most `BUDGET_ATTEMPTS` times. The
+    the sum of their isolated times; the slow quantile of the measurement, so a plan at the
+    edge is not taken) and train again, at most `BUDGET_ATTEMPTS` times. The
     record keeps every attempt; the reported verdict comes from the run's own timing table
     (a fresh measurement), not from these."""
     attempts: list[dict] = []
@@ -303,25 +305,28 @@ def _budget_run(cfg: SpeedConfig, task: str, data: _Data, log: Callable[[str], N
             break
         rec, model = _train_run(cfg, task, "budget", data, log, plan=plan)
         m = _measure_budget(cfg, model, plan, data)
-        met = (m["median_ms"] <= cfg.latency_ms if cfg.latency_ms is not None
-               else m["speedup"] >= cfg.target_speedup)
+        # met with a margin: the slow quantile (20th percentile of the paired speed-ups, 80th
+        # of the ms) meets the budget, so that a plan at the edge (measured median = target,
+        # the first idle run) does not pass here and miss in the report's fresh timing
+        met = (m["p80_ms"] <= cfg.latency_ms if cfg.latency_ms is not None
+               else m["speedup_p20"] >= cfg.target_speedup)
         attempts.append({"planned_target_speedup": target, "planned_latency_ms": latency,
                          "predicted_ms": plan.predicted_ms,
                          "predicted_speedup": plan.predicted_speedup,
                          "measured_ms": m["median_ms"], "measured_speedup": m["speedup"],
+                         "measured_p80_ms": m["p80_ms"], "measured_speedup_p20": m["speedup_p20"],
                          "met": met, "kind": plan.kind,
                          "val_loss": rec["quality"]["val_loss"],
                          "val_acc": rec["quality"]["val_acc"]})
         log(f"[{task}] budget attempt {i + 1}: predicted {plan.predicted_speedup:.2f}×, "
-            f"measured {m['speedup']:.2f}× ({m['median_ms']:.3f} ms): "
-            f"{'met' if met else 'missed'}")
+            f"measured {m['speedup']:.2f}× (20th percentile {m['speedup_p20']:.2f}×; "
+            f"{m['median_ms']:.3f} ms): {'met' if met else 'missed'}")
         if met:
             break
-        scale = plan.predicted_speedup / m["speedup"]  # > 1: the plan was optimistic
-        if latency is not None:
-            latency = latency / scale
+        if latency is not None:  # > 1: the plan was optimistic
+            latency = latency / (m["p80_ms"] / plan.predicted_ms)
         else:
-            target = target * scale
+            target = target * plan.predicted_speedup / m["speedup_p20"]
     rec["budget_attempts"] = attempts
     return rec
 
@@ -472,6 +477,20 @@ def _check_same_settings(cfg: SpeedConfig) -> None:
         write_json(path, mine)
 
 
+def _check_same_data(cfg: SpeedConfig, task: str, data: _Data, done: dict[str, dict]) -> None:
+    """The recorded runs of ``task`` were trained on this data: the GPT's corpus is the
+    running Python's standard-library source, so a resume under another Python version would
+    train the remaining runs on other text (its SHA-256 is in every record)."""
+    for r in done.values():
+        if r.get("task") != task or "error" in r:
+            continue
+        for k, v in data.about.items():
+            if k in r and r[k] != v:
+                raise ValueError(f"{cfg.out_dir} holds {task} runs trained on other data "
+                                 f"({k}: {r[k]!r}, here {v!r}; another Python version?); use "
+                                 f"another --out, or delete the folder to start afresh")
+
+
 def _check_budget_batch(cfg: SpeedConfig, done: dict[str, dict]) -> None:
     """The budget run was planned (and trained) for the largest batch: ``batches`` may change
     on a resume only as long as its largest entry does not, or the recorded budget run would
@@ -506,6 +525,7 @@ def run_speed(cfg: SpeedConfig, log: Optional[Callable[[str], None]] = print) ->
     with torch_threads(cfg.threads):
         for task in cfg.tasks:
             data = _Data(cfg, task)
+            _check_same_data(cfg, task, data, done)
             names_ = ["dense"] + list(cfg.mlp_structures if task == "mlp" else
                                       cfg.gpt_structures)
             if cfg.budget_task == task:
