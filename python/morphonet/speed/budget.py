@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from morpho_kernels.checks import check_instance, check_int, check_real
+from morpho_kernels.distributed import resolve_group
 from morpho_kernels.formats import BLOCK_SIZES
 from morpho_kernels.nn import MaskedLinear
 
@@ -409,7 +410,8 @@ class EnforceLayerDensities(Hook):
             raise ValueError(f"densities has {len(densities)} entries, the model has "
                              f"{len(layers)} masked layers")
         self.model, self.densities, self.config = model, [float(d) for d in densities], config
-        self.group = group  # data-parallel: scores averaged over it before ranking
+        # data-parallel: scores averaged over it before ranking (the one group rule)
+        self.group = resolve_group(group, "prune", "units")
 
     def on_train_end(self, loop: TrainLoop, record: dict[str, Any]) -> None:
         p = schedule_progress(self.config, record["epoch"])

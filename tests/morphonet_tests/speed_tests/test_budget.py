@@ -263,3 +263,13 @@ def test_transformer_is_never_planned_with_neuron_masks():
                                    for s in layer_shapes(mlp)}, rows=4)
     assert "neuron" in plan_for_budget(mlp, target_speedup=1.5, batch=4, cost_model=cost,
                                        rounds=1).alternatives
+
+
+def test_layer_densities_hook_takes_the_group_rule():
+    from morphonet.speed import EnforceLayerDensities
+
+    cfg = MorphoConfig(input_dim=12, hidden_dims=[48], n_classes=4, use_skip_connections=False)
+    model = MorphoNetMLP(cfg)
+    with pytest.raises(ValueError, match="group must be"):
+        EnforceLayerDensities(model, [0.5, 0.5], cfg, group="world")
+    assert EnforceLayerDensities(model, [0.5, 0.5], cfg, group="auto").group is None
