@@ -222,7 +222,7 @@ class SparseLinear(nn.Module):
         """
         group = resolve_group(group, "grow", "connections")
         if group is not None:
-            _check_same_growth(src, dst, init_values, group)
+            _check_same_growth(src, dst, init_values, group, self.values.device)
         if isinstance(init_values, Tensor):
             init_values = init_values.to(self.values.dtype)
         e = self.edges
@@ -290,11 +290,13 @@ class SparseLinear(nn.Module):
         return dense_grad_at(self._x, self._dy, src, dst)
 
 
-def _check_same_growth(src, dst, init_values, group) -> None:
+def _check_same_growth(src, dst, init_values, group, device: torch.device) -> None:
     """RuntimeError (on every rank alike) unless every rank of ``group`` passes the same
-    connections and initial values to `SparseLinear.grow`."""
-    parts = {"src": torch.as_tensor(src), "dst": torch.as_tensor(dst),
-             "init_values": torch.as_tensor(init_values)}
+    connections and initial values to `SparseLinear.grow`. Compared on the layer's
+    ``device`` (NCCL reduces CUDA tensors only; a float ``init_values`` is a CPU tensor)."""
+    parts = {"src": torch.as_tensor(src, device=device),
+             "dst": torch.as_tensor(dst, device=device),
+             "init_values": torch.as_tensor(init_values, device=device)}
     differ = [name for name, t in parts.items() if not group_all_equal(t, group)]
     if differ:
         raise RuntimeError(

@@ -329,7 +329,10 @@ class DataParallel(Hook):
         if self.group is None:
             return
         keys = [k for k in ("loss", "train_acc") if record.get(k) is not None]
-        vals = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64)
+        # on the model's device: NCCL reduces CUDA tensors only
+        device = next((p.device for p in loop.model.parameters()), torch.device("cpu"))
+        vals = torch.tensor([float(record[k]) for k in keys], dtype=torch.float64,
+                            device=device)
         self._flat([vals], "mean")
         record.update(zip(keys, vals.tolist()))
         self._flat([b for b in loop.model.buffers() if b.is_floating_point()], "mean")

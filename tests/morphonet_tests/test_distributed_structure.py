@@ -330,3 +330,33 @@ def test_group_arguments_without_distributed():
         rank_shard(x, y[:3], None)
     with pytest.raises(RuntimeError, match="not initialised"):
         rank_shard(x, y, object())
+
+
+def test_collective_inputs_live_on_the_models_device(monkeypatch):
+    """NCCL reduces CUDA tensors only: what DataParallel and SparseLinear.grow(group=) reduce
+    lives on the model's device (here 'meta' stands in for CUDA; no collective runs)."""
+    import morpho_kernels.nn.sparse as sparse_mod
+
+    class Reduced(Exception):
+        pass
+
+    seen = []
+
+    def record(self, ts, op):  # as if reduced: the first reduction's inputs, then stop
+        seen.extend(t.device.type for t in ts)
+        raise Reduced
+
+    dp = DataParallel(None)
+    dp.group = object()  # as if a process group
+    monkeypatch.setattr(DataParallel, "_flat", record)
+    model = torch.nn.Linear(3, 2, device="meta")
+    with pytest.raises(Reduced):
+        dp.on_train_end(TrainLoop(model, torch.optim.SGD(model.parameters(), lr=0.1)),
+                        {"loss": 1.0, "train_acc": 0.5})
+    assert seen == ["meta"]
+    seen.clear()
+    monkeypatch.setattr(sparse_mod, "group_all_equal",
+                        lambda t, group: seen.append(t.device.type) or True)
+    sparse_mod._check_same_growth(torch.tensor([0]), [1], 0.5, object(),
+                                  torch.device("meta"))
+    assert seen == ["meta"] * 3
