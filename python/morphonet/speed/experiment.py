@@ -620,17 +620,22 @@ def _check(task: str, rows: list[dict], cfg: SpeedConfig) -> dict:
         if r["label"] == "dense" or col not in r["latency"]:
             continue
         sp = r["latency"][col]["speedup"]["median"]
-        ok_q = (r["val_loss"] <= 1.02 * dense["val_loss"]
-                or r["val_acc"] >= dense["val_acc"] - 0.01)
+        # which half of the rule holds: a dense twin that overfits has a high val loss, so
+        # the loss half alone can pass a model several points less accurate; both are named
+        holds = [w for w, ok in (("loss", r["val_loss"] <= 1.02 * dense["val_loss"]),
+                                 ("accuracy", r["val_acc"] >= dense["val_acc"] - 0.01)) if ok]
         frontier.append((sp, r))
-        if sp >= 3.0 and ok_q:
-            good.append((sp, r))
+        if sp >= 3.0 and holds:
+            good.append((sp, r, holds))
     if good:
-        sp, r = max(good, key=lambda p: p[0])
+        good.sort(key=lambda p: (-len(p[2]), -p[0]))  # both halves first, then the fastest
+        lines = [f"{r['label']} {sp:.2f}× faster than dense ({col}) at val loss "
+                 f"{r['val_loss']:.4f} vs {dense['val_loss']:.4f}, val acc "
+                 f"{100 * r['val_acc']:.1f}% vs {100 * dense['val_acc']:.1f}% "
+                 f"({' and '.join(holds)} within the rule)" for sp, r, holds in good]
+        sp, r, _ = good[0]
         return {"met": True, "label": r["label"], "speedup": sp,
-                "line": f"MET {task}: {r['label']} {sp:.2f}× faster than dense ({col}) at val "
-                        f"loss {r['val_loss']:.4f} vs {dense['val_loss']:.4f}, val acc "
-                        f"{100 * r['val_acc']:.1f}% vs {100 * dense['val_acc']:.1f}%"}
+                "line": f"MET {task}: " + "; ".join(lines)}
     frontier.sort(key=lambda p: -p[0])
     pts = "; ".join(f"{r['label']} {sp:.2f}× at val loss {r['val_loss']:.4f} / acc "
                     f"{100 * r['val_acc']:.1f}%" for sp, r in frontier)

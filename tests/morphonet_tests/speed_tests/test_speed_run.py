@@ -165,3 +165,23 @@ def test_resume_on_other_data_is_refused(quick, tmp_path):
     append_record(runs, {**rec, "corpus_sha256": "0" * 64})
     with pytest.raises(ValueError, match="corpus_sha256"):
         run_speed(cfg.replace(out_dir=out), log=None)
+
+
+def test_done_when_names_the_half_of_the_rule_that_holds():
+    from morphonet.speed.experiment import _check
+
+    def row(label, sp, loss, acc):
+        return {"label": label, "val_loss": loss, "val_acc": acc,
+                "latency": {"CPU fp32 b256": {"speedup": {"median": sp}}}}
+
+    cfg = SpeedConfig()
+    rows = [row("dense", 1.0, 1.00, 0.70),
+            row("fast_loss_only", 20.0, 0.95, 0.66),   # 4 points less accurate, lower loss
+            row("both", 5.0, 0.99, 0.695),
+            row("slow", 2.0, 0.90, 0.72)]
+    out = _check("mlp", rows, cfg)
+    assert out["met"] and out["label"] == "both"  # both halves ranked before a faster one
+    assert "fast_loss_only 20.00×" in out["line"] and "(loss within the rule)" in out["line"]
+    assert "(loss and accuracy within the rule)" in out["line"] and "slow" not in out["line"]
+    miss = _check("mlp", [rows[0], rows[3]], cfg)
+    assert not miss["met"] and miss["line"].startswith("NOT MET") and "slow 2.00×" in miss["line"]
