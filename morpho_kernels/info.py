@@ -32,7 +32,9 @@ DISPATCHERS = {"masked_linear": _MASKED_LINEAR_DISPATCH,
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor name elsewhere): the
+    device name of CPU records."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -48,7 +50,7 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpu_name()
+    return cpu_name()
 
 
 def _versions() -> list[str]:

@@ -15,7 +15,6 @@ figure is the fastest of its interleaved rounds, since load only ever adds time.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -25,6 +24,7 @@ from torch import nn
 
 from morpho_kernels.checks import check_choice, check_fraction, check_int
 from morpho_kernels.formats import BLOCK_SIZES
+from morpho_kernels.info import cpu_name
 from morpho_kernels.nn import BlockSparseLinear, SparseLinear
 
 from ..files import CorruptFileError, read_json, write_json
@@ -55,24 +55,13 @@ class LayerShape:
         return self.out_features * self.in_features
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_key(threads: int, device: str = "cpu") -> str:
     """What the measured figures are valid for: the device's name, the CPU's vector
     capability, torch's version and the thread count."""
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     else:
-        name = f"{_cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
+        name = f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
     return f"{name} | torch {torch.__version__} | threads={threads}"
 
 
