@@ -24,7 +24,7 @@ from .export import dense_linear, fold_rows, norm_rows
 from .layers import MorphoConv, MorphoLinear
 
 __all__ = ["MaxPool", "MorphoModel", "MorphoNetCNN", "MorphoNetMLP", "Reshape",
-           "masked_then_norm"]
+           "live_matrix", "masked_then_norm"]
 
 
 class MorphoModel(InputRules, nn.Module):
@@ -95,6 +95,24 @@ class MorphoModel(InputRules, nn.Module):
         if not terms:
             return torch.zeros((), device=self.layers[0].weight.device)
         return scale * torch.stack(terms).sum()
+
+    def output_reach(self, live: Optional[list[Tensor]] = None) -> Optional[Tensor]:
+        """Bool (n_outputs,): True where some input reaches the output through live
+        connections (a path whose every connection is live in the hard masks). ``live``: each
+        masked layer's unit-shaped bool live mask, in `masked_layers` order (default: the
+        units not hard-pruned), so a pruning can be tried before it is made. None: the model
+        does not describe its paths (the Transformer: a residual stream reaches every block);
+        `schedule.enforce_sparsity`'s connectivity rule then does not apply."""
+        return None
+
+    def _live_units(self, live: Optional[list[Tensor]]) -> list[Tensor]:
+        layers = self.masked_layers()
+        if live is None:
+            return [~layer.pruned_units() for layer in layers]
+        if len(live) != len(layers):
+            raise ValueError(f"live has {len(live)} entries, the model has {len(layers)} "
+                             f"masked layers")
+        return list(live)
 
     # ------------------------------------------------------------------ counting
 
@@ -177,6 +195,31 @@ def masked_then_norm(layer: LearnedMask, norm: nn.Module, h: Tensor) -> Tensor:
     return norm(layer(h))
 
 
+def live_matrix(layer: LearnedMask, live: Tensor) -> Tensor:
+    """(out, in) bool: True where some live connection of ``layer`` joins the input unit (a
+    feature, or a channel of a convolution: any live tap joins it; ``groups`` honoured) to the
+    output unit, given the unit-shaped bool ``live`` of its mask units."""
+    m = layer.expand_units(live.to(torch.float32)) > 0
+    if m.dim() == 2:
+        return m
+    m = m.flatten(2).any(2)  # (out, in / groups): a convolution's taps
+    groups = getattr(layer, "groups", 1)
+    if groups == 1:
+        return m
+    out, per_in = m.shape
+    per_out = out // groups
+    full = torch.zeros(out, per_in * groups, dtype=torch.bool, device=m.device)
+    for g in range(groups):  # group g's outputs read only group g's inputs
+        rows = slice(g * per_out, (g + 1) * per_out)
+        full[rows, g * per_in:(g + 1) * per_in] = m[rows]
+    return full
+
+
+def _reach(a: Tensor, r: Tensor) -> Tensor:
+    """Outputs of a live matrix ``a`` (out, in) reached from the reached inputs ``r``."""
+    return (a.to(torch.float32) @ r.to(torch.float32)) > 0
+
+
 def _act(cfg: MorphoConfig) -> nn.Module:
     return ACTIVATIONS[cfg.activation]()
 
@@ -228,6 +271,16 @@ class MorphoNetMLP(MorphoModel):
 
     def unit_norms(self) -> list[tuple[LearnedMask, nn.Module]]:
         return list(zip(self.layers[:-1], self.norms))
+
+    def output_reach(self, live: Optional[list[Tensor]] = None) -> Optional[Tensor]:
+        """Feature-level paths; a skip connection (σ(g) > 0 always) passes every reached
+        input of its layer on."""
+        live = self._live_units(live)
+        r = torch.ones(self.config.input_dim, dtype=torch.bool, device=live[0].device)
+        for i, layer in enumerate(self.layers[:-1]):
+            z = _reach(live_matrix(layer, live[i]), r)
+            r = z | r if str(i) in self.skip_gates else z
+        return _reach(live_matrix(self.layers[-1], live[-1]), r)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, input_dim) → (B, n_classes)
         if not self._fits(x):
@@ -352,6 +405,24 @@ class MorphoNetCNN(MorphoModel):
             if self._pool[i]:
                 x = MaxPool()(x)
         return x[0].numel()
+
+    def output_reach(self, live: Optional[list[Tensor]] = None) -> Optional[Tensor]:
+        """Channel-level paths through the convolutions (a live tap joins two channels;
+        spatial positions are not traced, so a path through padding only counts), then the
+        features of the linear layers: the first reads channel c through its columns
+        c·P … (c+1)·P − 1 (P positions per channel after the last conv block)."""
+        live = self._live_units(live)
+        r = torch.ones(self.input_shape[0], dtype=torch.bool, device=live[0].device)
+        for i in range(self.n_convs):
+            r = _reach(live_matrix(self.layers[i], live[i]), r)
+        linears = self.layers[self.n_convs:]
+        if self.n_convs:
+            r = r.repeat_interleave(linears[0].in_features // r.numel())
+        else:  # no convolution: the flattened input, every feature reached
+            r = torch.ones(linears[0].in_features, dtype=torch.bool, device=r.device)
+        for j, layer in enumerate(linears):
+            r = _reach(live_matrix(layer, live[self.n_convs + j]), r)
+        return r
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2 and len(self.input_shape) == 3 or x.dim() == len(self.input_shape):

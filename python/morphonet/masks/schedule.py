@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from morpho_kernels.checks import check_choice, check_fraction
 from morpho_kernels.distributed import group_mean, resolve_group
@@ -295,22 +297,37 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
             live = model.layer_live(layer)
             half = _largest_unit(layer) // 2
             _prune_ranked([layer], live - keep + max(-half, min(half, carry)), by,
-                          None if keep_final is None else live - keep_final, group)
+                          None if keep_final is None else live - keep_final, group, model)
             now = live - model.layer_live(layer)
             carry += (live - keep) - now
             pruned += now
         return pruned
     plan = None if final is None else int(math.floor(final * total + 1e-9)) - dead
-    return _prune_ranked(layers, need, by, plan, group)
+    return _prune_ranked(layers, need, by, plan, group, model)
+
+
+# How often the connectivity rule of `_prune_ranked` fired since import (read it to see
+# whether a run relied on it): "calls" where it kept units, "units" and "connections" kept.
+connectivity_kept = {"calls": 0, "units": 0, "connections": 0}
+_CONNECTIVITY_RULE = True  # tests switch it off to compare with the old pruning
 
 
 def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = None,
-                  group: Any = None) -> int:
+                  group: Any = None, model: Optional[MorphoModel] = None) -> int:
     """Rank the live units of ``layers`` together by score (`unit_scores`), never a layer's
     best one, and hard-prune the lowest-ranked units whose total size is closest to ``need``
     connections (`_closest_fill`); with ``plan`` (> need), only from among the units
     `_closest_fill` would choose for ``plan`` connections; with a process ``group``, the
-    scores are the group's mean (`enforce_sparsity`). Returns the connections pruned."""
+    scores are the group's mean (`enforce_sparsity`). Returns the connections pruned.
+
+    With ``model`` (the model ``layers`` belong to), the connectivity rule: when that choice
+    would leave an output that some input reaches now reached by none
+    (`MorphoModel.output_reach`), the chosen units are walked in rank order and each is
+    pruned only if every such output stays reached, and the connections kept are sought
+    again (`_closest_fill`) among the candidates not yet tried, under the same test, until
+    nothing more fits. A choice that keeps every output reached is pruned as it is, so
+    pruning that never disconnects is unchanged. Counted in `connectivity_kept`, with a
+    warning."""
     if need <= 0:
         return 0
     scores, sizes, owner, index = [], [], [], []
@@ -333,6 +350,8 @@ def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = No
     if plan is not None and plan > need:
         order = order[_closest_fill(z[order], plan)]  # still in rank order
     chosen = order[_closest_fill(z[order], need)]
+    if model is not None and _CONNECTIVITY_RULE:
+        chosen = _keep_connected(model, layers, order, chosen, z, o, ix, need)
     pruned = 0
     for li, layer in enumerate(layers):
         sel = ix[chosen[o[chosen] == li]]
@@ -342,3 +361,66 @@ def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = No
             drop[sel.to(drop.device)] = True
             pruned += layer.prune_units(drop.reshape(layer.mask_logits.shape))
     return pruned
+
+
+def _keep_connected(model: MorphoModel, layers: list, order: Tensor, chosen: Tensor,
+                    z: Tensor, o: Tensor, ix: Tensor, need: float) -> Tensor:
+    """`_prune_ranked`'s connectivity rule: ``chosen`` (candidate positions in rank order)
+    as it is when pruning it leaves every output reached that is reached now; else the
+    units of it, then of refills from the rest of ``order``, that can go one by one in rank
+    order without cutting an output off. ``z``, ``o``, ``ix``: each candidate's size, layer
+    (index into ``layers``) and flat unit index."""
+    before = model.output_reach()
+    if before is None or not chosen.numel():
+        return chosen
+    all_layers = model.masked_layers()
+    pos = [next(k for k, m in enumerate(all_layers) if m is layer) for layer in layers]
+    live = [(~m.pruned_units()).reshape(-1).clone() for m in all_layers]
+
+    def connected(cands: Tensor) -> bool:
+        trial = [t.clone() for t in live]
+        for c in cands.tolist():
+            trial[pos[int(o[c])]][int(ix[c])] = False
+        shaped = [t.reshape(m.mask_logits.shape) for t, m in zip(trial, all_layers)]
+        return bool((model.output_reach(shaped) | ~before).all())
+
+    if connected(chosen):
+        return chosen
+    taken: list[int] = []
+
+    def walk(cands: Tensor) -> None:
+        # one by one in rank order, each pruned if the outputs stay reached with the units
+        # taken before it (already out of ``live``); a run of units that can all go together
+        # is tested once: fewer live connections never reach more, so one by one would take
+        # each of them too
+        if not cands.numel():
+            return
+        if connected(cands):
+            taken.extend(cands.tolist())
+            for c in cands.tolist():
+                live[pos[int(o[c])]][int(ix[c])] = False
+            return
+        if cands.numel() > 1:
+            half = cands.numel() // 2
+            walk(cands[:half])
+            walk(cands[half:])
+
+    tried = torch.zeros(z.numel(), dtype=torch.bool)
+    cands = chosen
+    while cands.numel():  # each round tries new candidates only, so this ends
+        tried[cands] = True
+        walk(cands)
+        rest = order[~tried[order]]
+        short = need - (float(z[torch.tensor(taken, dtype=torch.long)].sum()) if taken else 0.0)
+        cands = rest[_closest_fill(z[rest], short)]
+    is_taken = torch.zeros(z.numel(), dtype=torch.bool)
+    is_taken[torch.tensor(taken, dtype=torch.long)] = True
+    kept = chosen[~is_taken[chosen]]
+    connectivity_kept["calls"] += 1
+    connectivity_kept["units"] += kept.numel()
+    connectivity_kept["connections"] += int(round(float(z[kept].sum())))
+    warnings.warn("enforce_sparsity kept mask units whose pruning would have cut an output "
+                  "off from every input (the sparsity target can be missed by about those "
+                  "units; counts in morphonet.masks.schedule.connectivity_kept)",
+                  RuntimeWarning, stacklevel=3)
+    return order[is_taken[order]]  # in rank order
