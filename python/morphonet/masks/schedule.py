@@ -307,7 +307,8 @@ def enforce_sparsity(model: MorphoModel, target: float, by: str = "mask",
 
 
 # How often the connectivity rule of `_prune_ranked` fired since import (read it to see
-# whether a run relied on it): "calls" where it kept units, "units" and "connections" kept.
+# whether a run relied on it): "calls": choices it replaced (a step's or a plan's), "units"
+# and "connections": those of the replaced choices it kept.
 connectivity_kept = {"calls": 0, "units": 0, "connections": 0}
 _CONNECTIVITY_RULE = True  # tests switch it off to compare with the old pruning
 
@@ -320,13 +321,11 @@ def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = No
     `_closest_fill` would choose for ``plan`` connections; with a process ``group``, the
     scores are the group's mean (`enforce_sparsity`). Returns the connections pruned.
 
-    With ``model`` (the model ``layers`` belong to), the connectivity rule: when that choice
-    would leave an output that some input reaches now reached by none
-    (`MorphoModel.output_reach`), the chosen units are walked in rank order and each is
-    pruned only if every such output stays reached, and the connections kept are sought
-    again (`_closest_fill`) among the candidates not yet tried, under the same test, until
-    nothing more fits. A choice that keeps every output reached is pruned as it is, so
-    pruning that never disconnects is unchanged. Counted in `connectivity_kept`, with a
+    With ``model`` (the model ``layers`` belong to), the connectivity rule: a choice (the
+    plan's, then the step's) that would leave an output that some input reaches now reached
+    by none (`MorphoModel.output_reach`) is replaced by the closest choice that does not
+    (`_Connectivity.choose`); a choice that keeps every output reached is pruned as it is,
+    so pruning that never disconnects is unchanged. Counted in `connectivity_kept`, with a
     warning."""
     if need <= 0:
         return 0
@@ -347,11 +346,16 @@ def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = No
     if not s.numel():
         return 0
     order = torch.argsort(s, stable=True)
+    rule = _Connectivity(model, layers, z, o, ix) if model is not None and \
+        _CONNECTIVITY_RULE else None
+
+    def pick(order: Tensor, need: float) -> Tensor:
+        chosen = order[_closest_fill(z[order], need)]
+        return chosen if rule is None else rule.choose(order, chosen, need)
+
     if plan is not None and plan > need:
-        order = order[_closest_fill(z[order], plan)]  # still in rank order
-    chosen = order[_closest_fill(z[order], need)]
-    if model is not None and _CONNECTIVITY_RULE:
-        chosen = _keep_connected(model, layers, order, chosen, z, o, ix, need)
+        order = pick(order, plan)  # still in rank order
+    chosen = pick(order, need)
     pruned = 0
     for li, layer in enumerate(layers):
         sel = ix[chosen[o[chosen] == li]]
@@ -363,64 +367,83 @@ def _prune_ranked(layers: list, need: float, by: str, plan: Optional[float] = No
     return pruned
 
 
-def _keep_connected(model: MorphoModel, layers: list, order: Tensor, chosen: Tensor,
-                    z: Tensor, o: Tensor, ix: Tensor, need: float) -> Tensor:
-    """`_prune_ranked`'s connectivity rule: ``chosen`` (candidate positions in rank order)
-    as it is when pruning it leaves every output reached that is reached now; else the
-    units of it, then of refills from the rest of ``order``, that can go one by one in rank
-    order without cutting an output off. ``z``, ``o``, ``ix``: each candidate's size, layer
-    (index into ``layers``) and flat unit index."""
-    before = model.output_reach()
-    if before is None or not chosen.numel():
-        return chosen
-    all_layers = model.masked_layers()
-    pos = [next(k for k, m in enumerate(all_layers) if m is layer) for layer in layers]
-    live = [(~m.pruned_units()).reshape(-1).clone() for m in all_layers]
+# The connectivity rule searches every connected choice when the candidates are at most this
+# many (block and neuron masks of small layers: 2^12 subsets at most, far fewer tried since a
+# choice that cuts an output off is not extended); beyond, it bars units one at a time.
+_EXACT_UNITS = 12
 
-    def connected(cands: Tensor) -> bool:
-        trial = [t.clone() for t in live]
+
+class _Connectivity:
+    """`_prune_ranked`'s connectivity rule for one call: whether pruning a set of candidates
+    (positions into ``z`` sizes, ``o`` layer indices into ``layers``, ``ix`` flat unit
+    indices) leaves every output reached that is reached now (`MorphoModel.output_reach`),
+    and a choice that does (`choose`)."""
+
+    def __init__(self, model: MorphoModel, layers: list, z: Tensor, o: Tensor, ix: Tensor):
+        self.model, self.z, self.o, self.ix = model, z, o, ix
+        self.before = model.output_reach()
+        self.all_layers = model.masked_layers()
+        self.pos = [next(k for k, m in enumerate(self.all_layers) if m is layer)
+                    for layer in layers]
+        self.live = [(~m.pruned_units()).reshape(-1) for m in self.all_layers]
+
+    def connected(self, cands: Tensor) -> bool:
+        """True when pruning ``cands`` cuts no reached output off."""
+        trial = [t.clone() for t in self.live]
         for c in cands.tolist():
-            trial[pos[int(o[c])]][int(ix[c])] = False
-        shaped = [t.reshape(m.mask_logits.shape) for t, m in zip(trial, all_layers)]
-        return bool((model.output_reach(shaped) | ~before).all())
+            trial[self.pos[int(self.o[c])]][int(self.ix[c])] = False
+        shaped = [t.reshape(m.mask_logits.shape) for t, m in zip(trial, self.all_layers)]
+        return bool((self.model.output_reach(shaped) | ~self.before).all())
 
-    if connected(chosen):
+    def choose(self, order: Tensor, chosen: Tensor, need: float) -> Tensor:
+        """``chosen`` (`_closest_fill`'s choice from ``order``, in rank order) when it stays
+        connected. Else, among at most `_EXACT_UNITS` candidates, the connected choice from
+        ``order`` closest to ``need`` (among those within half the smallest unit of the
+        closest, the lowest-ranked, as `_fill_by_size` decides); among more, the first unit
+        of ``chosen``, in rank order, whose pruning (after the units before it) cuts an
+        output off is barred, as a layer's best unit is, and `_closest_fill` chooses again
+        from the rest, until a choice stays connected. Counted in `connectivity_kept`."""
+        if self.before is None or not chosen.numel() or self.connected(chosen):
+            return chosen
+        first, z = chosen, self.z
+        if order.numel() <= _EXACT_UNITS:
+            zs = [float(z[c]) for c in order.tolist()]
+            half = 0.5 * min(zs)
+            found: list[tuple[float, int, list[int]]] = []  # (miss, rank cost, positions)
+
+            def extend(start: int, taken: list[int], total: float) -> None:
+                found.append((abs(total - need), sum(taken), taken))
+                for j in range(start, len(zs)):
+                    # past need a bigger total only misses by more; a choice that cuts an
+                    # output off is not extended (fewer connections never reach more)
+                    if total + zs[j] - need <= max(half, min(f[0] for f in found)) and \
+                            self.connected(order[taken + [j]]):
+                        extend(j + 1, taken + [j], total + zs[j])
+
+            extend(0, [], 0.0)
+            tol = max(half, min(f[0] for f in found))
+            best = min((f for f in found if f[0] <= tol), key=lambda f: (f[1], f[0]))
+            chosen = order[best[2]]
+        else:
+            barred = torch.zeros(z.numel(), dtype=torch.bool)
+            while not self.connected(chosen):
+                # the shortest disconnecting prefix (fewer live connections never reach
+                # more, so the prefixes that stay connected are those below a bound)
+                lo, hi = 0, chosen.numel()  # chosen[:lo] stays connected, [:hi] does not
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if self.connected(chosen[:mid]) else (lo, mid)
+                barred[chosen[hi - 1]] = True
+                rest = order[~barred[order]]
+                chosen = rest[_closest_fill(z[rest], need)]
+        is_new = torch.zeros(z.numel(), dtype=torch.bool)
+        is_new[chosen] = True
+        kept = first[~is_new[first]]
+        connectivity_kept["calls"] += 1
+        connectivity_kept["units"] += kept.numel()
+        connectivity_kept["connections"] += int(round(float(z[kept].sum())))
+        warnings.warn("enforce_sparsity kept mask units whose pruning would have cut an "
+                      "output off from every input (the sparsity target can be missed by "
+                      "about those units; counts in morphonet.masks.schedule."
+                      "connectivity_kept)", RuntimeWarning, stacklevel=5)
         return chosen
-    taken: list[int] = []
-
-    def walk(cands: Tensor) -> None:
-        # one by one in rank order, each pruned if the outputs stay reached with the units
-        # taken before it (already out of ``live``); a run of units that can all go together
-        # is tested once: fewer live connections never reach more, so one by one would take
-        # each of them too
-        if not cands.numel():
-            return
-        if connected(cands):
-            taken.extend(cands.tolist())
-            for c in cands.tolist():
-                live[pos[int(o[c])]][int(ix[c])] = False
-            return
-        if cands.numel() > 1:
-            half = cands.numel() // 2
-            walk(cands[:half])
-            walk(cands[half:])
-
-    tried = torch.zeros(z.numel(), dtype=torch.bool)
-    cands = chosen
-    while cands.numel():  # each round tries new candidates only, so this ends
-        tried[cands] = True
-        walk(cands)
-        rest = order[~tried[order]]
-        short = need - (float(z[torch.tensor(taken, dtype=torch.long)].sum()) if taken else 0.0)
-        cands = rest[_closest_fill(z[rest], short)]
-    is_taken = torch.zeros(z.numel(), dtype=torch.bool)
-    is_taken[torch.tensor(taken, dtype=torch.long)] = True
-    kept = chosen[~is_taken[chosen]]
-    connectivity_kept["calls"] += 1
-    connectivity_kept["units"] += kept.numel()
-    connectivity_kept["connections"] += int(round(float(z[kept].sum())))
-    warnings.warn("enforce_sparsity kept mask units whose pruning would have cut an output "
-                  "off from every input (the sparsity target can be missed by about those "
-                  "units; counts in morphonet.masks.schedule.connectivity_kept)",
-                  RuntimeWarning, stacklevel=3)
-    return order[is_taken[order]]  # in rank order

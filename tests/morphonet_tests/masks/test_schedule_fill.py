@@ -69,14 +69,19 @@ def _block_mlp(schedule):
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_progressive_steps_prune_from_a_plan_that_reaches_the_final_target(schedule):
+def test_progressive_steps_prune_from_a_plan_that_reaches_the_final_target(schedule,
+                                                                          monkeypatch):
     """Blocks of 32 on 20 → 128 → 64 → 5: 4 edge blocks of 640, 8 of 1024, 2 head blocks of
     160. Pruning each step's target on its own takes the small units early and ends 4 points
     over; pruning from the plan for the final target lands within 2 points."""
+    from morphonet.masks import schedule as sched
     from morphonet.masks.schedule import target_sparsity_at
 
     results = {}
     for final in (None, 0.7):
+        # without the plan, the steps' choices here would cut the network in two: shown with
+        # the connectivity rule off (it would replace them, test_connectivity.py)
+        monkeypatch.setattr(sched, "_CONNECTIVITY_RULE", final is not None)
         cfg, model = _block_mlp(schedule)
         g = torch.Generator().manual_seed(1)
         for epoch in range(cfg.epochs):
@@ -88,6 +93,7 @@ def test_progressive_steps_prune_from_a_plan_that_reaches_the_final_target(sched
             enforce_sparsity(model, target, final=None if final is None else
                              max(final, target))
         results[final] = model.sparsity()
+    assert bool(model.output_reach().all())
     assert abs(results[0.7] - 0.7) <= 0.02
     assert abs(results[None] - 0.7) > 0.02  # what the plan prevents
 
