@@ -390,8 +390,10 @@ class _Connectivity:
     def connected(self, cands: Tensor) -> bool:
         """True when pruning ``cands`` cuts no reached output off."""
         trial = [t.clone() for t in self.live]
-        for c in cands.tolist():
-            trial[self.pos[int(self.o[c])]][int(self.ix[c])] = False
+        owner = self.o[cands]
+        for li, k in enumerate(self.pos):
+            idx = self.ix[cands[owner == li]]
+            trial[k][idx.to(trial[k].device)] = False
         shaped = [t.reshape(m.mask_logits.shape) for t, m in zip(trial, self.all_layers)]
         return bool((self.model.output_reach(shaped) | ~self.before).all())
 

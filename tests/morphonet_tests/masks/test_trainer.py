@@ -145,7 +145,12 @@ def test_per_layer_rounding_carries_to_the_next_layer(hidden, distribution, targ
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "erk"])
-def test_per_layer_pruning_keeps_each_layers_best_unit_and_ranks_by_saliency(distribution):
+def test_per_layer_pruning_keeps_each_layers_best_unit_and_ranks_by_saliency(distribution,
+                                                                             monkeypatch):
+    # down to one unit a layer, which cuts the network: the ranking without the connectivity
+    # rule (that rule: test_connectivity.py)
+    from morphonet.masks import schedule
+    monkeypatch.setattr(schedule, "_CONNECTIVITY_RULE", False)
     model = _moons_mlp(prune_score="saliency")
     torch.manual_seed(4)
     for layer in model.masked_layers():
