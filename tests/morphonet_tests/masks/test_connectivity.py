@@ -188,3 +188,20 @@ def test_element_masks_of_a_narrow_mlp_stay_connected():
         # the fewest that connect: a head weight per output and a weight into their unit
         assert new.n_live() >= 3 + 1
     assert cut
+
+
+def test_live_matrix_of_a_grouped_convolution():
+    from morphonet.masks import MorphoConv
+    from morphonet.masks.models import live_matrix
+
+    conv = MorphoConv(1, 4, 6, 3, groups=2)  # outputs 0-2 read inputs 0-1, 3-5 read 2-3
+    live = torch.ones(conv.mask_logits.shape, dtype=torch.bool)
+    live[1] = False  # output 1: every tap of both its inputs
+    live[4, 0, :2] = False  # output 4, its first input (channel 2): two of three taps
+    live[5, 1] = False  # output 5, its second input (channel 3): every tap
+    expect = torch.zeros(6, 4, dtype=torch.bool)
+    expect[:3, :2] = True
+    expect[3:, 2:] = True
+    expect[1] = False
+    expect[5, 3] = False
+    assert torch.equal(live_matrix(conv, live), expect)
