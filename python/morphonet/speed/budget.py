@@ -419,8 +419,9 @@ class EnforceLayerDensities(Hook):
             n, live = layer.n_connections(), self.model.layer_live(layer)
             keep = n - int(math.floor((1.0 - d) * p * n + 1e-9))
             keep_final = n - int(math.floor((1.0 - d) * n + 1e-9))
+            # with the model: the connectivity rule (no output cut off from every input)
             _prune_ranked([layer], live - keep, self.config.prune_score, live - keep_final,
-                          self.group)
+                          self.group, self.model)
         record["sparsity"] = self.model.sparsity()
         record["target"] = self.config.target_sparsity * p
 

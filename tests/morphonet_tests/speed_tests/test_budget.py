@@ -273,3 +273,27 @@ def test_layer_densities_hook_takes_the_group_rule():
     with pytest.raises(ValueError, match="group must be"):
         EnforceLayerDensities(model, [0.5, 0.5], cfg, group="world")
     assert EnforceLayerDensities(model, [0.5, 0.5], cfg, group="auto").group is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_planned_pruning_keeps_every_output_reached(seed):
+    """Per-layer pruning to planned densities goes through the connectivity rule too: one
+    32×32 block per 64-wide layer, chosen by each layer on its own, would often meet no block
+    of the next layer."""
+    import warnings
+
+    from morphonet.speed import EnforceLayerDensities
+
+    cfg = MorphoConfig(input_dim=64, hidden_dims=[64, 64], n_classes=10, epochs=4,
+                       warmup_epochs=0, use_skip_connections=False, mask_granularity="block",
+                       block_size=32, seed=seed)
+    model = MorphoNetMLP(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.masked_layers():
+            layer.mask_logits.copy_(torch.randn(layer.mask_logits.shape, generator=g))
+    hook = EnforceLayerDensities(model, [0.25, 0.25, 0.5], cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the rule says when it fires
+        hook.on_train_end(None, {"epoch": cfg.epochs - 1})
+    assert bool(model.output_reach().all())
