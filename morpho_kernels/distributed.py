@@ -51,6 +51,11 @@ def resolve_group(group: Any, what: str = "regrow", unit: str = "blocks") -> Opt
         return None
     if not initialised:
         raise RuntimeError("group= was given but torch.distributed is not initialised")
+    # new_group() hands a rank outside the group NON_GROUP_MEMBER (an int): refused below
+    if not (isinstance(group, dist.ProcessGroup)
+            or group is dist.GroupMember.NON_GROUP_MEMBER):
+        raise TypeError(f"group must be a process group, None or 'auto', got "
+                        f"{type(group).__name__}")
     if dist.get_rank(group) < 0:
         raise ValueError(f"this rank ({dist.get_rank()}) is not a member of the group given: "
                          f"call {what} with group= only on the group's ranks")

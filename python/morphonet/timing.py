@@ -94,8 +94,11 @@ def time_models(models: Mapping[str, Callable[..., Any]], inputs: Inputs, *,
         heavily loaded machine, where most samples are preempted, the fastest of each is the
         closest to the machine's own speed).
     """
-    if not isinstance(models, Mapping) or not models:
-        raise TypeError("models must be a non-empty mapping {name: callable}")
+    if not isinstance(models, Mapping):
+        raise TypeError(f"models must be a mapping {{name: callable}}, got "
+                        f"{type(models).__name__}")
+    if not models:
+        raise ValueError("models must be a non-empty mapping {name: callable}, got {}")
     for name, m in models.items():
         if not callable(m):
             raise TypeError(f"models[{name!r}] must be callable, got {type(m).__name__}")

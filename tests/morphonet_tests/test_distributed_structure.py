@@ -360,3 +360,18 @@ def test_collective_inputs_live_on_the_models_device(monkeypatch):
     sparse_mod._check_same_growth(torch.tensor([0]), [1], 0.5, object(),
                                   torch.device("meta"))
     assert seen == ["meta"] * 3
+
+
+def test_group_of_the_wrong_type_is_refused_once_initialised(tmp_path):
+    from morpho_kernels.distributed import resolve_group
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        with pytest.raises(TypeError, match="group must be a process group"):
+            resolve_group(5, "prune", "units")
+        assert resolve_group(dist.group.WORLD, "prune", "units") is None  # one rank: local
+    finally:
+        dist.destroy_process_group()

@@ -67,8 +67,10 @@ def test_threads_given_back():
 
 
 def test_bad_arguments():
-    with pytest.raises(TypeError, match="models"):
+    with pytest.raises(ValueError, match="non-empty"):
         time_models({}, torch.zeros(1))
+    with pytest.raises(TypeError, match="mapping"):
+        time_models([lambda x: x], torch.zeros(1))
     with pytest.raises(TypeError, match=r"models\['a'\]"):
         time_models({"a": 3}, torch.zeros(1))
     with pytest.raises(ValueError, match="reference"):
